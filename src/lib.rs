@@ -1,0 +1,15 @@
+//! execbox: a sandboxed exec supervisor for AI agents.
+//!
+//! Module map (see `docs/ARCHITECTURE.md`):
+//! - [`cli`]: the `execbox` command line; the only place that uses `anyhow`.
+//! - [`profile`]: a policy file (`policies/*.toml`): sandbox view, limits and command rules.
+//! - [`policy`]: shell parsing and the structural command rules that give a verdict.
+//! - [`sandbox`]: namespaces, mounts, landlock, seccomp, capabilities, cgroups and the spawn
+//!   itself. `sandbox::sys` is the only module allowed to contain `unsafe`.
+//! - [`units`]: parsing of sizes and durations shared by the CLI and the profile.
+
+pub mod cli;
+pub mod policy;
+pub mod profile;
+pub mod sandbox;
+pub mod units;

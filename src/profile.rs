@@ -1,0 +1,459 @@
+//! A profile is one policy file (`policies/*.toml`): the sandbox view, the resource limits and
+//! the command rules. This module owns the file format and its validation; the rules themselves
+//! are compiled by [`crate::policy`].
+//!
+//! Parsing goes raw serde structs (`deny_unknown_fields`) → `validate()` → types that cannot be
+//! invalid. Every error names the file, the key and the fix.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::policy::{Policy, RawRule, Verdict};
+use crate::units::{parse_duration, parse_size};
+
+/// The profile compiled into the binary, used when no `--policy` is given.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../policies/default.toml");
+/// How the embedded default is named in messages.
+pub const EMBEDDED_DEFAULT_NAME: &str = "<embedded policies/default.toml>";
+
+/// A validated profile.
+#[derive(Debug)]
+pub struct Profile {
+    pub name: String,
+    pub description: String,
+    /// Where it was loaded from (a path, or [`EMBEDDED_DEFAULT_NAME`]).
+    pub source: String,
+    pub sandbox: SandboxProfile,
+    pub limits: Limits,
+    pub policy: Policy,
+}
+
+/// What the sandbox shows and allows.
+#[derive(Debug, Clone)]
+pub struct SandboxProfile {
+    /// Host paths bound read-only at the same place (absolute). Missing ones are skipped.
+    pub read_only: Vec<PathBuf>,
+    /// Host paths bound read-write besides the workspace (absolute). Must exist.
+    pub read_write: Vec<PathBuf>,
+    /// Workspace-relative paths made invisible (empty read-only) when they exist.
+    pub hidden: Vec<PathBuf>,
+    /// Workspace-relative paths re-bound read-only when they exist: code the host runs later.
+    pub protected: Vec<PathBuf>,
+    pub network: NetworkMode,
+    /// Name of a compiled seccomp filter (`seccomp/<name>.json`).
+    pub seccomp: String,
+    /// Host environment variables passed through when set (besides PATH/HOME/LANG/TERM).
+    pub env_passthrough: Vec<String>,
+    /// Layers the operator explicitly allows to be missing. Empty by default: fail closed.
+    pub allow_degraded: Vec<Degradation>,
+}
+
+/// Network view inside the sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetworkMode {
+    /// A fresh network namespace with only `lo` up, and landlock refusing TCP bind/connect.
+    None,
+}
+
+/// A sandbox layer that may be skipped when the kernel or host cannot provide it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Degradation {
+    /// Run without a per-job cgroup (no memory/pids/cpu limits) when none can be created.
+    Cgroup,
+    /// Run without any landlock rules when the kernel has no landlock.
+    Landlock,
+    /// Run without landlock TCP rules when the landlock ABI is below 4.
+    LandlockNet,
+    /// Run without landlock signal/abstract-socket scoping when the ABI is below 6.
+    LandlockScope,
+}
+
+impl Degradation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Degradation::Cgroup => "cgroup",
+            Degradation::Landlock => "landlock",
+            Degradation::LandlockNet => "landlock-net",
+            Degradation::LandlockScope => "landlock-scope",
+        }
+    }
+}
+
+/// Resource limits for one job.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Memory in bytes (swap is not allowed on top).
+    pub memory: Option<u64>,
+    /// Maximum number of tasks (processes and threads).
+    pub pids: Option<u64>,
+    /// CPU bandwidth in cores (1.0 = one full core).
+    pub cpu: Option<f64>,
+    /// Wall-clock time after which the whole job is killed.
+    pub wall_time: Duration,
+    /// RLIMIT_NOFILE.
+    pub nofile: u64,
+    /// Bytes kept per output stream; the rest is dropped and counted.
+    pub output_bytes: u64,
+}
+
+/// Why a profile could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("cannot read policy file {file}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Syntax { file: String, message: String },
+    #[error("{file}: key `{key}`: {message}; fix: {fix}")]
+    Invalid {
+        file: String,
+        key: String,
+        message: String,
+        fix: String,
+    },
+    #[error("{file}: {source}")]
+    Rules {
+        file: String,
+        #[source]
+        source: crate::policy::PolicyError,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    profile: RawMeta,
+    #[serde(default)]
+    sandbox: RawSandbox,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    rule: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMeta {
+    name: String,
+    #[serde(default)]
+    description: String,
+    default_verdict: Verdict,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSandbox {
+    #[serde(default = "default_read_only")]
+    read_only: Vec<String>,
+    #[serde(default)]
+    read_write: Vec<String>,
+    #[serde(default)]
+    hidden: Vec<String>,
+    #[serde(default = "default_protected")]
+    protected: Vec<String>,
+    #[serde(default = "default_network")]
+    network: NetworkMode,
+    #[serde(default = "default_seccomp")]
+    seccomp: String,
+    #[serde(default)]
+    env: Vec<String>,
+    #[serde(default)]
+    allow_degraded: Vec<Degradation>,
+}
+
+impl Default for RawSandbox {
+    fn default() -> Self {
+        RawSandbox {
+            read_only: default_read_only(),
+            read_write: Vec::new(),
+            hidden: Vec::new(),
+            protected: default_protected(),
+            network: default_network(),
+            seccomp: default_seccomp(),
+            env: Vec::new(),
+            allow_degraded: Vec::new(),
+        }
+    }
+}
+
+fn default_read_only() -> Vec<String> {
+    ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_protected() -> Vec<String> {
+    [".git/hooks", ".git/config"].map(String::from).to_vec()
+}
+fn default_network() -> NetworkMode {
+    NetworkMode::None
+}
+fn default_seccomp() -> String {
+    "default".into()
+}
+
+/// A size may be written as a string with a unit (`"1GiB"`) or a bare integer of bytes.
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(u64),
+    Text(String),
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    memory: Option<RawSize>,
+    pids: Option<u64>,
+    cpu: Option<f64>,
+    wall_time: Option<String>,
+    nofile: Option<u64>,
+    output: Option<RawSize>,
+}
+
+const DEFAULT_WALL_TIME: Duration = Duration::from_secs(600);
+const DEFAULT_NOFILE: u64 = 1024;
+const DEFAULT_OUTPUT_BYTES: u64 = 64 << 20;
+
+impl Profile {
+    /// The profile compiled into the binary.
+    pub fn embedded_default() -> Result<Profile, ProfileError> {
+        Profile::parse(EMBEDDED_DEFAULT, EMBEDDED_DEFAULT_NAME)
+    }
+
+    /// Loads and validates a profile file.
+    pub fn load(path: &Path) -> Result<Profile, ProfileError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Profile::parse(&text, &file)
+    }
+
+    /// Parses and validates profile text; `file` is used in messages.
+    pub fn parse(text: &str, file: &str) -> Result<Profile, ProfileError> {
+        let raw: RawProfile = toml::from_str(text).map_err(|e| ProfileError::Syntax {
+            file: file.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let invalid = |key: &str, message: String, fix: &str| ProfileError::Invalid {
+            file: file.to_string(),
+            key: key.to_string(),
+            message,
+            fix: fix.to_string(),
+        };
+
+        if raw.profile.name.trim().is_empty() {
+            return Err(invalid(
+                "profile.name",
+                "is empty".into(),
+                "give the profile a short name such as \"default\"",
+            ));
+        }
+        let absolute = |key: &str, list: Vec<String>| -> Result<Vec<PathBuf>, ProfileError> {
+            list.into_iter()
+                .map(|p| {
+                    let path = PathBuf::from(&p);
+                    if path.is_absolute() && !p.split('/').any(|c| c == "..") {
+                        Ok(path)
+                    } else {
+                        Err(invalid(
+                            key,
+                            format!("{p:?} is not an absolute path without `..`"),
+                            "write the full host path, e.g. \"/usr\"",
+                        ))
+                    }
+                })
+                .collect()
+        };
+        let relative = |key: &str, list: Vec<String>| -> Result<Vec<PathBuf>, ProfileError> {
+            list.into_iter()
+                .map(|p| {
+                    let path = PathBuf::from(&p);
+                    let ok = !p.is_empty()
+                        && path.is_relative()
+                        && !p.split('/').any(|c| c == ".." || c == ".");
+                    if ok {
+                        Ok(path)
+                    } else {
+                        Err(invalid(
+                            key,
+                            format!("{p:?} is not a path inside the workspace"),
+                            "write a workspace-relative path without `..`, e.g. \".git/hooks\"",
+                        ))
+                    }
+                })
+                .collect()
+        };
+        let s = raw.sandbox;
+        for name in &s.env {
+            let valid = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !name.starts_with(|c: char| c.is_ascii_digit());
+            if !valid {
+                return Err(invalid(
+                    "sandbox.env",
+                    format!("{name:?} is not an environment variable name"),
+                    "list names like \"LANG\" or \"RUST_LOG\"",
+                ));
+            }
+        }
+        if !crate::sandbox::seccomp::is_known(&s.seccomp) {
+            return Err(invalid(
+                "sandbox.seccomp",
+                format!("no compiled seccomp filter is named {:?}", s.seccomp),
+                &format!(
+                    "use one of: {}",
+                    crate::sandbox::seccomp::known_names().join(", ")
+                ),
+            ));
+        }
+        let sandbox = SandboxProfile {
+            read_only: absolute("sandbox.read_only", s.read_only)?,
+            read_write: absolute("sandbox.read_write", s.read_write)?,
+            hidden: relative("sandbox.hidden", s.hidden)?,
+            protected: relative("sandbox.protected", s.protected)?,
+            network: s.network,
+            seccomp: s.seccomp,
+            env_passthrough: s.env,
+            allow_degraded: s.allow_degraded,
+        };
+
+        let l = raw.limits;
+        let size = |key: &str, v: Option<RawSize>| -> Result<Option<u64>, ProfileError> {
+            match v {
+                None => Ok(None),
+                Some(RawSize::Bytes(n)) => Ok(Some(n)),
+                Some(RawSize::Text(t)) => parse_size(&t)
+                    .map(Some)
+                    .map_err(|m| invalid(key, m, "write a size such as \"1GiB\"")),
+            }
+        };
+        let memory = size("limits.memory", l.memory)?;
+        if memory.is_some_and(|m| m < (4 << 20)) {
+            return Err(invalid(
+                "limits.memory",
+                "is below 4MiB, too small to start a shell".into(),
+                "raise it, e.g. \"256MiB\"",
+            ));
+        }
+        if l.pids == Some(0) {
+            return Err(invalid(
+                "limits.pids",
+                "is 0, which would not even allow the command itself".into(),
+                "use a number such as 512",
+            ));
+        }
+        if let Some(cpu) = l.cpu
+            && !(cpu.is_finite() && cpu >= 0.01 && cpu <= 1024.0)
+        {
+            return Err(invalid(
+                "limits.cpu",
+                format!("{cpu} is not a number of cores between 0.01 and 1024"),
+                "write e.g. 1.0 for one full core",
+            ));
+        }
+        let wall_time = match l.wall_time {
+            None => DEFAULT_WALL_TIME,
+            Some(t) => parse_duration(&t)
+                .map_err(|m| invalid("limits.wall_time", m, "write e.g. \"10m\""))?,
+        };
+        if wall_time.is_zero() {
+            return Err(invalid(
+                "limits.wall_time",
+                "is zero".into(),
+                "write a positive duration, e.g. \"10m\"",
+            ));
+        }
+        let nofile = l.nofile.unwrap_or(DEFAULT_NOFILE);
+        if !(16..=1 << 20).contains(&nofile) {
+            return Err(invalid(
+                "limits.nofile",
+                format!("{nofile} is outside 16..=1048576"),
+                "use e.g. 1024",
+            ));
+        }
+        let limits = Limits {
+            memory,
+            pids: l.pids,
+            cpu: l.cpu,
+            wall_time,
+            nofile,
+            output_bytes: size("limits.output", l.output)?.unwrap_or(DEFAULT_OUTPUT_BYTES),
+        };
+
+        let policy = Policy::compile(raw.profile.default_verdict, raw.rule).map_err(|source| {
+            ProfileError::Rules {
+                file: file.to_string(),
+                source,
+            }
+        })?;
+        Ok(Profile {
+            name: raw.profile.name,
+            description: raw.profile.description,
+            source: file.to_string(),
+            sandbox,
+            limits,
+            policy,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[profile]\nname = \"t\"\ndefault_verdict = \"allow\"\n";
+
+    #[test]
+    fn embedded_default_loads() {
+        let p = Profile::embedded_default().unwrap();
+        assert_eq!(p.name, "default");
+        assert_eq!(p.limits.memory, Some(1 << 30));
+        assert_eq!(p.limits.pids, Some(512));
+        assert_eq!(p.limits.wall_time, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn minimal_profile_gets_safe_defaults() {
+        let p = Profile::parse(MINIMAL, "t.toml").unwrap();
+        assert!(p.sandbox.allow_degraded.is_empty());
+        assert_eq!(p.sandbox.network, NetworkMode::None);
+        assert!(p.sandbox.protected.contains(&PathBuf::from(".git/hooks")));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_the_file_name() {
+        let text = format!("{MINIMAL}[sandbox]\nnetwrok = \"none\"\n");
+        let e = Profile::parse(&text, "p.toml").unwrap_err().to_string();
+        assert!(e.contains("p.toml") && e.contains("netwrok"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_the_fix() {
+        for (body, key) in [
+            ("[limits]\nmemory = \"lots\"\n", "limits.memory"),
+            ("[limits]\nmemory = \"1MiB\"\n", "limits.memory"),
+            ("[limits]\npids = 0\n", "limits.pids"),
+            ("[limits]\nwall_time = \"0s\"\n", "limits.wall_time"),
+            ("[limits]\ncpu = -1.0\n", "limits.cpu"),
+            ("[sandbox]\nread_only = [\"usr\"]\n", "sandbox.read_only"),
+            ("[sandbox]\nhidden = [\"../x\"]\n", "sandbox.hidden"),
+            ("[sandbox]\nenv = [\"A=B\"]\n", "sandbox.env"),
+            ("[sandbox]\nseccomp = \"nope\"\n", "sandbox.seccomp"),
+        ] {
+            let text = format!("{MINIMAL}{body}");
+            let e = Profile::parse(&text, "p.toml").unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("fix:"), "{key}: {e}");
+        }
+    }
+}

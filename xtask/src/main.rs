@@ -1,0 +1,5 @@
+//! Project automation (`cargo xtask …`), matklad's pattern.
+
+fn main() -> anyhow::Result<()> {
+    Ok(())
+}
