@@ -1,12 +1,18 @@
-//! The `execbox` command line. The only place that turns typed errors into reports (`anyhow`).
+//! The `execbox` command line. The only place that turns typed errors into reports.
+
+mod run;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 /// Sandboxed exec supervisor for AI agents.
+///
+/// Every command is checked against a structural policy, then run in a fresh sandbox: new
+/// namespaces, a read-only minimal root with only the workspace writable, landlock, seccomp,
+/// no capabilities, a per-job cgroup and a wall-clock limit.
 #[derive(Parser)]
-#[command(name = "execbox", version, about, long_about = None)]
+#[command(name = "execbox", version, about, long_about)]
 struct Cli {
     #[command(subcommand)]
     command: Commands,
@@ -14,13 +20,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Commands {
-    /// Run one command in a fresh sandbox after checking it against the policy.
-    Run,
+    /// Check one command against the policy and run it in a fresh sandbox (no daemon needed)
+    Run(run::RunArgs),
 }
 
 pub fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EXECBOX_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
     let cli = Cli::parse();
     match cli.command {
-        Commands::Run => ExitCode::SUCCESS,
+        Commands::Run(args) => run::run(args),
     }
 }

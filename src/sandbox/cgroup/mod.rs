@@ -41,6 +41,10 @@ impl Hierarchy {
         Err(CgroupError::Unavailable("not implemented".into()))
     }
 
+    pub fn version(&self) -> u8 {
+        2
+    }
+
     /// Creates `name` below `parent` (or below this process's own cgroup when `None`) and
     /// applies `limits`.
     pub fn create_job(

@@ -1,0 +1,415 @@
+//! `execbox run`: check one command against the policy and run it in a fresh sandbox, in this
+//! process (no daemon). Exit code: the command's own, or 124 timeout, 125 refused or bad input,
+//! 126 sandbox setup failed, 137 killed by a limit.
+
+use std::io::{IsTerminal, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::policy::{Command, Context, Decision, Verdict};
+use crate::profile::Profile;
+use crate::sandbox::{self, JobSpec, OutputSink, Stream, prepare::DEFAULT_SANDBOX_ID, sys};
+use crate::units::{parse_duration, parse_size};
+
+pub const EXIT_REFUSED: u8 = 125;
+pub const EXIT_SETUP: u8 = 126;
+
+/// The PATH inside the sandbox.
+pub const SANDBOX_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
+
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Examples:
+  execbox run -- ls -la
+  execbox run -c 'cargo test 2>&1 | tail -n 20'
+  execbox run --workspace ~/src/project --timeout 5m --memory 2GiB -- make -j2
+  execbox run --json -- python3 script.py      # exit report as JSON on stderr
+
+Exit codes: the command's own; 124 timeout; 125 refused by policy or bad input;
+126 sandbox setup failed (the message names the step and errno); 137 killed by a limit.")]
+pub struct RunArgs {
+    /// Directory mounted read-write at the same path [default: the current directory]
+    #[arg(long, value_name = "DIR")]
+    workspace: Option<PathBuf>,
+    /// Policy profile (TOML) [default: the embedded policies/default.toml]
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Wall-clock limit, e.g. 30s, 10m [default: the profile's limits.wall_time]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Memory limit, e.g. 512MiB, 2GiB [default: the profile's limits.memory]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    memory: Option<u64>,
+    /// Maximum number of processes and threads [default: the profile's limits.pids]
+    #[arg(long, value_name = "N")]
+    pids: Option<u64>,
+    /// Set an environment variable in the sandbox (repeatable); the environment is otherwise
+    /// clean: PATH, HOME, LANG, TERM and the profile's sandbox.env
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Print a machine-readable exit report as one JSON line on stderr
+    #[arg(long)]
+    json: bool,
+    /// Delegated cgroup subtree for job cgroups (needed when not root), relative to each
+    /// cgroup v1 controller mount or to the cgroup v2 root
+    #[arg(long, value_name = "PATH", env = "EXECBOX_CGROUP_PARENT")]
+    cgroup_parent: Option<PathBuf>,
+    /// Host uid/gid the sandbox runs as when a root-run sandbox gets a root-owned workspace
+    #[arg(long, value_name = "ID", env = "EXECBOX_SANDBOX_ID", default_value_t = DEFAULT_SANDBOX_ID)]
+    sandbox_id: u32,
+    /// Run this string with /bin/bash -c inside the sandbox (the grammar the policy parses)
+    #[arg(short = 'c', value_name = "STRING", conflicts_with = "command")]
+    shell: Option<String>,
+    /// The command and its arguments, after `--`
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+/// Writes output straight to our stdout/stderr, splicing when possible.
+struct Terminal {
+    stdout: std::io::Stdout,
+    stderr: std::io::Stderr,
+}
+
+impl OutputSink for Terminal {
+    fn splice_target(&self, stream: Stream) -> Option<BorrowedFd<'_>> {
+        Some(match stream {
+            Stream::Stdout => self.stdout.as_fd(),
+            Stream::Stderr => self.stderr.as_fd(),
+        })
+    }
+    fn chunk(&mut self, stream: Stream, data: &[u8]) -> std::io::Result<()> {
+        match stream {
+            Stream::Stdout => {
+                let mut out = self.stdout.lock();
+                out.write_all(data)?;
+                out.flush()
+            }
+            Stream::Stderr => self.stderr.lock().write_all(data),
+        }
+    }
+}
+
+fn refuse(json: bool, code: u8, kind: &str, message: &str) -> ExitCode {
+    if json {
+        let v = serde_json::json!({"exit_code": code, "error": {"kind": kind, "message": message}});
+        eprintln!("{v}");
+    } else {
+        eprintln!("execbox: {message}");
+    }
+    ExitCode::from(code)
+}
+
+pub fn run(args: RunArgs) -> ExitCode {
+    let json = args.json;
+    let (argv, shell) = match (&args.shell, args.command.is_empty()) {
+        (Some(s), true) => (
+            vec!["/bin/bash".to_string(), "-c".to_string(), s.clone()],
+            Some(s.clone()),
+        ),
+        (None, false) => (args.command.clone(), None),
+        _ => {
+            return refuse(
+                json,
+                EXIT_REFUSED,
+                "usage",
+                "nothing to run; fix: give `-- CMD [ARGS…]` or `-c 'SHELL STRING'`",
+            );
+        }
+    };
+
+    let profile = match &args.policy {
+        Some(p) => Profile::load(p),
+        None => Profile::embedded_default(),
+    };
+    let profile = match profile {
+        Ok(p) => p,
+        Err(e) => {
+            return refuse(
+                json,
+                EXIT_REFUSED,
+                "policy",
+                &format!("invalid policy: {e}"),
+            );
+        }
+    };
+
+    let workspace = match args
+        .workspace
+        .clone()
+        .map_or_else(std::env::current_dir, Ok)
+    {
+        Ok(w) => w,
+        Err(e) => {
+            return refuse(
+                json,
+                EXIT_SETUP,
+                "workspace",
+                &format!("cannot determine the workspace: {e}; fix: pass --workspace DIR"),
+            );
+        }
+    };
+    let workspace = match workspace.canonicalize() {
+        Ok(w) => w,
+        Err(e) => {
+            return refuse(
+                json,
+                EXIT_SETUP,
+                "workspace",
+                &format!(
+                    "workspace {} cannot be used: {e}; fix: pass an existing, readable directory with --workspace",
+                    workspace.display()
+                ),
+            );
+        }
+    };
+
+    // The verdict, before anything is created.
+    let ctx = Context {
+        workspace: workspace.clone(),
+        home: std::env::var_os("HOME").map(PathBuf::from),
+    };
+    let command = match &shell {
+        Some(s) => Command::Shell(s),
+        None => Command::Argv(&argv),
+    };
+    let decision = profile.policy.check(command, &ctx);
+    match decision.verdict {
+        Verdict::Allow => {}
+        Verdict::Deny => {
+            return refuse(
+                json,
+                EXIT_REFUSED,
+                "refused",
+                &refusal_text(&decision, "refused by policy"),
+            );
+        }
+        Verdict::Approve => {
+            if !confirm_on_terminal(&argv, shell.as_deref(), &decision) {
+                return refuse(
+                    json,
+                    EXIT_REFUSED,
+                    "refused",
+                    &refusal_text(
+                        &decision,
+                        "needs an operator's approval and none was given (no terminal, or not confirmed)",
+                    ),
+                );
+            }
+        }
+    }
+
+    let env = match environment(&profile, &args.env) {
+        Ok(env) => env,
+        Err(m) => return refuse(json, EXIT_REFUSED, "usage", &m),
+    };
+    let mut limits = profile.limits;
+    if let Some(t) = args.timeout {
+        if t.is_zero() || t > sandbox::MAX_WALL_TIME {
+            return refuse(
+                json,
+                EXIT_REFUSED,
+                "usage",
+                "--timeout must be between 1ms and 7 days",
+            );
+        }
+        limits.wall_time = t;
+    }
+    if let Some(m) = args.memory {
+        if m < 4 << 20 {
+            return refuse(
+                json,
+                EXIT_REFUSED,
+                "usage",
+                "--memory is below 4MiB, too small to start a shell; fix: e.g. --memory 256MiB",
+            );
+        }
+        limits.memory = Some(m);
+    }
+    if let Some(p) = args.pids {
+        if p == 0 {
+            return refuse(
+                json,
+                EXIT_REFUSED,
+                "usage",
+                "--pids 0 would not even allow the command itself; fix: e.g. --pids 64",
+            );
+        }
+        limits.pids = Some(p);
+    }
+
+    // Our stdin goes to the command unless it is a terminal (a tty in the sandbox could inject
+    // keystrokes into the operator's shell).
+    let stdin: Option<OwnedFd> = if std::io::stdin().is_terminal() {
+        None
+    } else {
+        std::io::stdin().as_fd().try_clone_to_owned().ok()
+    };
+    let spec = JobSpec {
+        argv,
+        workspace,
+        cwd: None,
+        env,
+        sandbox: profile.sandbox.clone(),
+        limits,
+        cgroup_parent: args.cgroup_parent.clone(),
+        sandbox_id: args.sandbox_id,
+        stdin,
+        job_name: format!("execbox-run-{}-{}", std::process::id(), nanos()),
+    };
+
+    // Ctrl-C / SIGTERM: first one asks the command to stop, the second kills the job.
+    let signals = sys::sigset(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
+    let sigfd = sys::block_signals(&signals)
+        .ok()
+        .and_then(|_| sys::signalfd(&signals).ok());
+    let mut drain = || {
+        sigfd
+            .as_ref()
+            .is_some_and(|fd| matches!(sys::read_signalfd(fd.as_fd()), Ok(Some(_))))
+    };
+    let cancel = sigfd
+        .as_ref()
+        .map(|fd| (fd.as_fd(), &mut drain as &mut dyn FnMut() -> bool));
+
+    let mut sink = Terminal {
+        stdout: std::io::stdout(),
+        stderr: std::io::stderr(),
+    };
+    match sandbox::run(spec, &mut sink, cancel) {
+        Ok(outcome) => {
+            if json {
+                let v = serde_json::json!({
+                    "exit_code": outcome.exit_code,
+                    "ending": outcome.ending,
+                    "reason": outcome.reason,
+                    "duration_ms": outcome.duration_ms,
+                    "limits": outcome.limits,
+                    "usage": outcome.usage,
+                    "stdout_bytes": outcome.stdout_bytes,
+                    "stderr_bytes": outcome.stderr_bytes,
+                    "stdout_truncated": outcome.stdout_truncated,
+                    "stderr_truncated": outcome.stderr_truncated,
+                    "degraded": outcome.degraded,
+                    "cgroup_version": outcome.cgroup_version,
+                    "policy": {"profile": profile.name, "verdict": decision.verdict, "rule": decision.rule},
+                });
+                eprintln!("{v}");
+            } else {
+                if !outcome.degraded.is_empty() {
+                    let names: Vec<_> = outcome.degraded.iter().map(|d| d.name()).collect();
+                    eprintln!(
+                        "execbox: warning: ran without {} (allowed by the profile)",
+                        names.join(", ")
+                    );
+                }
+                if !matches!(outcome.ending, sandbox::Ending::Exited { .. })
+                    || outcome.stdout_truncated + outcome.stderr_truncated > 0
+                    || outcome.limits.pids_max_hits > 0
+                {
+                    eprintln!("execbox: {}", outcome.reason);
+                }
+            }
+            ExitCode::from(outcome.exit_code.clamp(0, 255) as u8)
+        }
+        Err(e) => refuse(
+            json,
+            EXIT_SETUP,
+            e.step(),
+            &format!("sandbox setup failed: {e}"),
+        ),
+    }
+}
+
+fn refusal_text(d: &Decision, what: &str) -> String {
+    match &d.rule {
+        Some(rule) => format!("{what}: rule {rule}: {}", d.reason),
+        None => format!("{what}: {}", d.reason),
+    }
+}
+
+/// Asks on the controlling terminal (never on stdin, which may be the agent's). Shows control
+/// characters visibly so the command text cannot rewrite the prompt.
+fn confirm_on_terminal(argv: &[String], shell: Option<&str>, d: &Decision) -> bool {
+    let Ok(mut tty) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+    else {
+        return false;
+    };
+    let shown = shell.map(str::to_string).unwrap_or_else(|| argv.join(" "));
+    let visible: String = shown
+        .chars()
+        .flat_map(|c| {
+            if c.is_control() && c != '\n' {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect();
+    let _ = writeln!(
+        tty,
+        "execbox: this command needs approval\n  command: {visible}\n  rule:    {}\n  reason:  {}\nRun it? Type 'yes' to run, anything else refuses: ",
+        d.rule.as_deref().unwrap_or("(profile default)"),
+        d.reason
+    );
+    let mut line = String::new();
+    let mut reader = std::io::BufReader::new(tty);
+    std::io::BufRead::read_line(&mut reader, &mut line).is_ok() && line.trim() == "yes"
+}
+
+/// The clean environment: PATH, HOME, LANG, TERM, the profile's pass-through list, then
+/// `--env` (which wins).
+fn environment(profile: &Profile, extra: &[String]) -> Result<Vec<(String, String)>, String> {
+    let mut env: Vec<(String, String)> = vec![
+        ("PATH".into(), SANDBOX_PATH.into()),
+        ("HOME".into(), "/tmp".into()),
+        (
+            "LANG".into(),
+            std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".into()),
+        ),
+        (
+            "TERM".into(),
+            std::env::var("TERM").unwrap_or_else(|_| "dumb".into()),
+        ),
+    ];
+    let mut set = |k: String, v: String| {
+        env.retain(|(key, _)| *key != k);
+        env.push((k, v));
+    };
+    for name in &profile.sandbox.env_passthrough {
+        if let Ok(v) = std::env::var(name) {
+            set(name.clone(), v);
+        }
+    }
+    for kv in extra {
+        let Some((k, v)) = kv.split_once('=') else {
+            return Err(format!(
+                "--env {kv:?} is not KEY=VALUE; fix: e.g. --env RUST_LOG=debug"
+            ));
+        };
+        let valid = !k.is_empty()
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !k.starts_with(|c: char| c.is_ascii_digit());
+        if !valid || v.contains('\0') {
+            return Err(format!(
+                "--env {kv:?}: {k:?} is not a valid variable name; fix: letters, digits and _"
+            ));
+        }
+        set(k.to_string(), v.to_string());
+    }
+    Ok(env)
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}

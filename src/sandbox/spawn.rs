@@ -1,0 +1,622 @@
+//! The parent side of one job: cgroup, pipes, clone, id maps, release, then relay output and
+//! watch the wall clock until the sandbox's pid 1 exits. Cleans up on every path.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::time::Instant;
+
+use super::cgroup::{CgroupLimits, Hierarchy, JobCgroup};
+use super::plan::{MountOp, Plan};
+use super::prepare::{self, Identity};
+use super::report::{RECORD_LEN, Record, Step};
+use super::sys::{self, Errno, Exit};
+use super::{Ending, JobSpec, Outcome, OutputSink, SetupError, Stream};
+use crate::profile::Degradation;
+
+const NAMESPACES: libc::c_int = libc::CLONE_NEWUSER
+    | libc::CLONE_NEWNS
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUTS;
+
+/// Bytes moved per splice/read call: large enough for throughput, small enough to stay fair
+/// between the two streams.
+const CHUNK: usize = 1 << 17;
+
+fn io(action: &'static str) -> impl FnOnce(std::io::Error) -> SetupError {
+    move |source| SetupError::Io { action, source }
+}
+
+/// Runs `spec` to completion, streaming output into `sink`. `cancel` is an fd that becomes
+/// readable when the caller wants the job stopped (first time: SIGTERM to the command, second
+/// time: SIGKILL); `on_cancel` drains it and says whether a cancel was really requested.
+pub fn run(
+    mut spec: JobSpec,
+    sink: &mut dyn OutputSink,
+    cancel: Option<(BorrowedFd<'_>, &mut dyn FnMut() -> bool)>,
+) -> Result<Outcome, SetupError> {
+    let started = Instant::now();
+    let mut degraded = Vec::new();
+    let allowed = spec.sandbox.allow_degraded.clone();
+
+    let ws_meta = prepare::check_workspace(&spec.workspace)?;
+    let (euid, egid) = prepare::current_ids();
+    let (ws_uid, ws_gid) = prepare::owner(&ws_meta);
+    let identity = Identity::decide(euid, egid, ws_uid, ws_gid, spec.sandbox_id);
+
+    let landlock_abi = match sys::landlock_abi() {
+        Ok(abi) => Some(abi),
+        Err(_) if allowed.contains(&Degradation::Landlock) => {
+            degraded.push(Degradation::Landlock);
+            None
+        }
+        Err(e) => {
+            return Err(SetupError::Unsupported {
+                layer: "landlock",
+                detail: format!("landlock_create_ruleset: {}", e.describe()),
+                degradation: Degradation::Landlock,
+            });
+        }
+    };
+    let mut plan = prepare::build(&spec, identity, landlock_abi, &mut degraded)?;
+
+    // The job cgroup, before anything runs.
+    let cgroup = match create_cgroup(&spec) {
+        Ok(cg) => Some(cg),
+        Err(e) if allowed.contains(&Degradation::Cgroup) => {
+            tracing::info!(error = %e, "running without a job cgroup (allowed by the profile)");
+            degraded.push(Degradation::Cgroup);
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    let cgroup_version = cgroup.as_ref().map(|(h, _)| h.version());
+    let cgroup = cgroup.map(|(_, job)| job);
+
+    let result = launch(
+        &mut spec,
+        &mut plan,
+        identity,
+        cgroup.as_ref(),
+        sink,
+        cancel,
+        started,
+    );
+    // Every process of the job is gone once pid 1 is reaped; the cgroup can go.
+    let (limits, usage) = match &cgroup {
+        Some(cg) => (cg.events(), cg.usage()),
+        None => Default::default(),
+    };
+    if let Some(cg) = cgroup
+        && let Err(e) = cg.remove()
+    {
+        tracing::warn!(error = %e, "job cgroup not removed");
+    }
+    let relay = result?;
+    Ok(finish(
+        relay,
+        limits,
+        usage,
+        degraded,
+        cgroup_version,
+        started,
+    ))
+}
+
+fn create_cgroup(spec: &JobSpec) -> Result<(Hierarchy, JobCgroup), SetupError> {
+    let hierarchy = Hierarchy::detect().map_err(SetupError::Cgroup)?;
+    if spec.cgroup_parent.is_none() && sys::geteuid() != 0 {
+        return Err(SetupError::Cgroup(super::cgroup::CgroupError::Unavailable(
+            "not root and no delegated --cgroup-parent given".into(),
+        )));
+    }
+    let limits = CgroupLimits {
+        memory: spec.limits.memory,
+        pids: spec.limits.pids,
+        cpu: spec.limits.cpu,
+    };
+    let job = hierarchy
+        .create_job(spec.cgroup_parent.as_deref(), &spec.job_name, &limits)
+        .map_err(SetupError::Cgroup)?;
+    Ok((hierarchy, job))
+}
+
+/// What the relay observed.
+struct Relay {
+    init_exit: Exit,
+    command_status: Option<i32>,
+    timed_out: bool,
+    cancelled: bool,
+    stdout: StreamState,
+    stderr: StreamState,
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), SetupError> {
+    let (r, w) = std::io::pipe().map_err(io("create a pipe"))?;
+    Ok((OwnedFd::from(r), OwnedFd::from(w)))
+}
+
+fn launch(
+    spec: &mut JobSpec,
+    plan: &mut Plan,
+    identity: Identity,
+    cgroup: Option<&JobCgroup>,
+    sink: &mut dyn OutputSink,
+    cancel: Option<(BorrowedFd<'_>, &mut dyn FnMut() -> bool)>,
+    started: Instant,
+) -> Result<Relay, SetupError> {
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (report_r, report_w) = pipe()?;
+    let (sync_parent, sync_child) = UnixStream::pair().map_err(io("create a socket pair"))?;
+    let devnull;
+    let stdin_fd: RawFd = match &spec.stdin {
+        Some(fd) => fd.as_raw_fd(),
+        None => {
+            devnull = File::open("/dev/null").map_err(io("open /dev/null"))?;
+            devnull.as_raw_fd()
+        }
+    };
+    plan.stdio = [stdin_fd, out_w.as_raw_fd(), err_w.as_raw_fd()];
+    plan.report_fd = report_w.as_raw_fd();
+    plan.sync_fd = sync_child.as_raw_fd();
+
+    let child = sys::clone_sandbox(NAMESPACES, || super::child::init_main(plan)).map_err(|e| {
+        let hint = if e.0 == libc::EDEADLK {
+            " (the calling process has more than one thread)".to_string()
+        } else {
+            String::new()
+        };
+        step_error("clone", hint, e)
+    })?;
+    // The child has its copies; ours must go so EOF means "every writer is gone".
+    drop((out_w, err_w, report_w, sync_child));
+    spec.stdin = None;
+
+    let kill_and_reap = |child: &sys::Child| {
+        let _ = sys::pidfd_kill(child.pidfd.as_fd(), libc::SIGKILL);
+        let _ = sys::wait_pidfd(child.pidfd.as_fd());
+    };
+    if let Err(e) = release(&child, identity, cgroup, spec, &sync_parent) {
+        kill_and_reap(&child);
+        return Err(e);
+    }
+
+    let deadline = started + spec.limits.wall_time;
+    let relay = supervise(
+        &child,
+        out_r,
+        err_r,
+        report_r,
+        sink,
+        cancel,
+        deadline,
+        spec.limits.output_bytes,
+        cgroup,
+    );
+    match relay {
+        Ok(Supervised::Ran(r)) => Ok(r),
+        Ok(Supervised::SetupFailed { step, index, errno }) => {
+            Err(setup_failure(plan, spec, step, index, errno))
+        }
+        Err(e) => {
+            kill_and_reap(&child);
+            Err(e)
+        }
+    }
+}
+
+fn step_error(step: &'static str, detail: String, e: Errno) -> SetupError {
+    SetupError::Step {
+        step,
+        detail,
+        errno: e.0,
+        errno_text: e.describe(),
+    }
+}
+
+/// Turns a child's failure record into a message naming the step (and mount or rule).
+fn setup_failure(plan: &Plan, spec: &JobSpec, step: Step, index: u32, errno: i32) -> SetupError {
+    let e = Errno(errno);
+    let detail = match step {
+        Step::Mount => plan
+            .mounts
+            .get(index as usize)
+            .map(|m: &MountOp| format!(" ({})", m.describe()))
+            .unwrap_or_default(),
+        Step::LandlockRule => plan
+            .landlock
+            .as_ref()
+            .and_then(|l| l.rules.get(index as usize))
+            .map(|r| format!(" (rule for {})", r.path.to_string_lossy()))
+            .unwrap_or_default(),
+        Step::Seccomp => format!(" (filter {index} of profile {:?})", spec.sandbox.seccomp),
+        Step::Exec => {
+            return SetupError::NotFound {
+                program: spec.argv.first().cloned().unwrap_or_default(),
+                errno,
+                errno_text: e.describe(),
+            };
+        }
+        _ => String::new(),
+    };
+    step_error(step.name(), detail, e)
+}
+
+/// Writes the id maps, joins the cgroup, hands over the idmapped workspace if any, and lets
+/// the child go.
+fn release(
+    child: &sys::Child,
+    id: Identity,
+    cgroup: Option<&JobCgroup>,
+    spec: &JobSpec,
+    sync: &UnixStream,
+) -> Result<(), SetupError> {
+    let proc_dir = format!("/proc/{}", child.pid);
+    let write = |file: &str, text: String, step: &'static str| {
+        std::fs::write(format!("{proc_dir}/{file}"), text).map_err(|e| SetupError::Step {
+            step,
+            detail: String::new(),
+            errno: e.raw_os_error().unwrap_or(0),
+            errno_text: e.to_string(),
+        })
+    };
+    // One id each way, never host root (see prepare::Identity).
+    write(
+        "uid_map",
+        format!("{} {} 1\n", id.uid_inside, id.uid_outside),
+        "write-uid-map",
+    )?;
+    write("setgroups", "deny\n".into(), "write-setgroups")?;
+    write(
+        "gid_map",
+        format!("{} {} 1\n", id.gid_inside, id.gid_outside),
+        "write-gid-map",
+    )?;
+    if let Some(cg) = cgroup {
+        cg.attach(child.pid).map_err(SetupError::Cgroup)?;
+    }
+    let idmapped = if id.idmap_workspace {
+        Some(idmapped_workspace(spec, &proc_dir)?)
+    } else {
+        None
+    };
+    sys::send_byte_with_fd(sync.as_fd(), b'G', idmapped.as_ref().map(|f| f.as_fd()))
+        .map_err(|e| step_error("release-child", String::new(), e))
+}
+
+/// A detached copy of the workspace whose ids are shifted through the child's user namespace
+/// (`0 → sandbox id`): the root-owned workspace appears owned by the sandbox user, and what it
+/// writes lands on disk as root's. Only host root can create this (CAP_SYS_ADMIN in the
+/// initial namespace), which is why the parent does it.
+fn idmapped_workspace(spec: &JobSpec, proc_dir: &str) -> Result<OwnedFd, SetupError> {
+    let ws = super::plan::cpath(&spec.workspace)
+        .map_err(|_| SetupError::Prepare("workspace path contains a NUL byte".into()))?;
+    let userns =
+        File::open(format!("{proc_dir}/ns/user")).map_err(io("open the child's user namespace"))?;
+    let flags = (libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC) as libc::c_uint;
+    let fd = sys::open_tree(&ws, flags)
+        .map_err(|e| step_error("idmap-workspace", " (open_tree)".into(), e))?;
+    let fd = sys::owned(fd);
+    sys::mount_setattr_fd(
+        fd.as_raw_fd(),
+        false,
+        libc::MOUNT_ATTR_IDMAP | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
+        0,
+        Some(userns.as_raw_fd()),
+    )
+    .map_err(|e| {
+        step_error(
+            "idmap-workspace",
+            " (mount_setattr MOUNT_ATTR_IDMAP)".into(),
+            e,
+        )
+    })?;
+    Ok(fd)
+}
+
+/// Per-stream relay state.
+#[derive(Default)]
+struct StreamState {
+    fd: Option<OwnedFd>,
+    /// Bytes delivered to the sink.
+    bytes: u64,
+    /// Bytes dropped past the cap (or after the reader went away).
+    truncated: u64,
+    /// Splice is not possible into this sink fd: use read/write.
+    no_splice: bool,
+}
+
+enum Supervised {
+    Ran(Relay),
+    SetupFailed { step: Step, index: u32, errno: i32 },
+}
+
+/// Moves what is available on one stream, up to a bounded amount per wake-up. Returns false
+/// at EOF.
+fn pump(
+    state: &mut StreamState,
+    stream: Stream,
+    sink: &mut dyn OutputSink,
+    cap: u64,
+    buf: &mut [u8],
+) -> bool {
+    let Some(fd) = state.fd.as_ref().map(|f| f.as_raw_fd()) else {
+        return false;
+    };
+    for _ in 0..16 {
+        let room = cap.saturating_sub(state.bytes);
+        // Fast path: splice straight into the sink's fd while under the cap.
+        if room > 0
+            && !state.no_splice
+            && let Some(out) = sink.splice_target(stream)
+        {
+            match sys::splice(fd, out.as_raw_fd(), CHUNK.min(room as usize)) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    state.bytes += n as u64;
+                    continue;
+                }
+                Err(Errno(libc::EAGAIN)) => return true,
+                Err(Errno(libc::EINVAL)) => state.no_splice = true,
+                Err(_) => {
+                    // The reader is gone (EPIPE): stop relaying; the command gets EPIPE too.
+                    state.fd = None;
+                    return false;
+                }
+            }
+        }
+        let n = match sys::read(fd, buf) {
+            Ok(0) => return false,
+            Ok(n) => n,
+            Err(Errno(libc::EAGAIN)) => return true,
+            Err(_) => return false,
+        };
+        let keep = (n as u64).min(room) as usize;
+        if keep > 0 && sink.chunk(stream, &buf[..keep]).is_err() {
+            state.fd = None;
+            return false;
+        }
+        state.bytes += keep as u64;
+        state.truncated += (n - keep) as u64;
+    }
+    true
+}
+
+#[allow(clippy::too_many_arguments)]
+fn supervise(
+    child: &sys::Child,
+    out_r: OwnedFd,
+    err_r: OwnedFd,
+    report_r: OwnedFd,
+    sink: &mut dyn OutputSink,
+    mut cancel: Option<(BorrowedFd<'_>, &mut dyn FnMut() -> bool)>,
+    deadline: Instant,
+    cap: u64,
+    cgroup: Option<&JobCgroup>,
+) -> Result<Supervised, SetupError> {
+    for fd in [&out_r, &err_r, &report_r] {
+        sys::set_nonblocking(fd.as_fd()).map_err(|e| step_error("relay", String::new(), e))?;
+    }
+    let mut out = StreamState {
+        fd: Some(out_r),
+        ..Default::default()
+    };
+    let mut err = StreamState {
+        fd: Some(err_r),
+        ..Default::default()
+    };
+    let mut report = Some(File::from(report_r));
+    let mut report_buf = Vec::with_capacity(RECORD_LEN * 2);
+    let mut buf = vec![0u8; CHUNK];
+    let mut init_exit = None;
+    let mut command_status = None;
+    let mut failure = None;
+    let mut timed_out = false;
+    let mut cancels = 0;
+
+    loop {
+        // Once pid 1 is reaped every process of the job is gone: drain to EOF and stop.
+        let draining = init_exit.is_some();
+        if draining && out.fd.is_none() && err.fd.is_none() && report.is_none() {
+            break;
+        }
+        let mut fds = Vec::with_capacity(5);
+        let mut push = |fd: RawFd| {
+            fds.push(libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            fds.len() - 1
+        };
+        let i_out = out.fd.as_ref().map(|f| push(f.as_raw_fd()));
+        let i_err = err.fd.as_ref().map(|f| push(f.as_raw_fd()));
+        let i_rep = report.as_ref().map(|f| push(f.as_raw_fd()));
+        let i_pid = (!draining).then(|| push(child.pidfd.as_raw_fd()));
+        let i_cancel = cancel
+            .as_ref()
+            .filter(|_| !draining)
+            .map(|(fd, _)| push(fd.as_raw_fd()));
+        let timeout_ms = if draining || timed_out {
+            1000
+        } else {
+            deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(i32::MAX as u128) as i32
+        };
+        let ready = sys::poll(&mut fds, timeout_ms)
+            .map_err(|e| step_error("relay", " (poll)".into(), e))?;
+        let is_ready = |i: Option<usize>| i.is_some_and(|i| fds[i].revents != 0);
+
+        if ready == 0 && !draining && !timed_out && Instant::now() >= deadline {
+            timed_out = true;
+            kill_job(child, cgroup);
+            continue;
+        }
+        if is_ready(i_out) && !pump(&mut out, Stream::Stdout, sink, cap, &mut buf) {
+            out.fd = None;
+        }
+        if is_ready(i_err) && !pump(&mut err, Stream::Stderr, sink, cap, &mut buf) {
+            err.fd = None;
+        }
+        if is_ready(i_rep) {
+            let mut chunk = [0u8; 256];
+            match report.as_mut().map(|f| f.read(&mut chunk)) {
+                Some(Ok(0)) | Some(Err(_)) => report = None,
+                Some(Ok(n)) => report_buf.extend_from_slice(&chunk[..n]),
+                None => {}
+            }
+            while report_buf.len() >= RECORD_LEN {
+                let rec: [u8; RECORD_LEN] = report_buf[..RECORD_LEN]
+                    .try_into()
+                    .unwrap_or([0; RECORD_LEN]);
+                report_buf.drain(..RECORD_LEN);
+                match Record::decode(&rec) {
+                    Some(Record::Failed { step, index, errno }) => {
+                        failure.get_or_insert((step, index, errno));
+                    }
+                    Some(Record::Exited { status }) => command_status = Some(status),
+                    None => {}
+                }
+            }
+        }
+        if is_ready(i_cancel)
+            && let Some((_, drain)) = cancel.as_mut()
+            && drain()
+        {
+            cancels += 1;
+            // First request: let the command clean up (pid 1 forwards SIGTERM); then force.
+            if cancels == 1 {
+                let _ = sys::pidfd_kill(child.pidfd.as_fd(), libc::SIGTERM);
+            } else {
+                kill_job(child, cgroup);
+            }
+        }
+        if is_ready(i_pid) {
+            init_exit = Some(
+                sys::wait_pidfd(child.pidfd.as_fd())
+                    .map_err(|e| step_error("wait", String::new(), e))?,
+            );
+        }
+        if draining && ready == 0 {
+            // Nothing left can write; anything still open is a descriptor leaked to a process
+            // outside the job (impossible by construction): stop waiting.
+            break;
+        }
+    }
+    if let Some((step, index, errno)) = failure {
+        return Ok(Supervised::SetupFailed { step, index, errno });
+    }
+    Ok(Supervised::Ran(Relay {
+        init_exit: init_exit.unwrap_or(Exit::Signal(libc::SIGKILL)),
+        command_status,
+        timed_out,
+        cancelled: cancels > 0,
+        stdout: out,
+        stderr: err,
+    }))
+}
+
+/// Kills the whole job: pid 1 (the kernel then kills its namespace) and the cgroup.
+fn kill_job(child: &sys::Child, cgroup: Option<&JobCgroup>) {
+    let _ = sys::pidfd_kill(child.pidfd.as_fd(), libc::SIGKILL);
+    if let Some(cg) = cgroup {
+        let _ = cg.kill();
+    }
+}
+
+fn finish(
+    r: Relay,
+    limits: super::cgroup::LimitEvents,
+    usage: super::cgroup::Usage,
+    degraded: Vec<Degradation>,
+    cgroup_version: Option<u8>,
+    started: Instant,
+) -> Outcome {
+    let command = r.command_status.map(Exit::from_wait_status);
+    let (ending, exit_code, reason) = if r.timed_out {
+        (
+            Ending::Timeout,
+            124,
+            "wall-clock limit reached; the whole job was killed".to_string(),
+        )
+    } else if limits.oom_kills > 0 && !matches!(command, Some(Exit::Code(_))) {
+        (
+            Ending::OutOfMemory,
+            137,
+            "memory limit reached; the kernel killed the command".to_string(),
+        )
+    } else {
+        match command {
+            Some(Exit::Code(code)) => (
+                Ending::Exited { code },
+                code,
+                format!("exited with status {code}"),
+            ),
+            Some(Exit::Signal(sig)) => (
+                Ending::Signaled { signal: sig },
+                128 + sig,
+                format!("killed by signal {sig} ({})", signal_name(sig)),
+            ),
+            None if r.cancelled => (Ending::Killed, 137, "cancelled".to_string()),
+            None => {
+                let how = match r.init_exit {
+                    Exit::Code(c) => format!("exit status {c}"),
+                    Exit::Signal(s) => format!("signal {s}"),
+                };
+                (
+                    Ending::Killed,
+                    137,
+                    format!("the sandbox ended before the command reported ({how})"),
+                )
+            }
+        }
+    };
+    let mut reason = reason;
+    if limits.pids_max_hits > 0 {
+        reason.push_str(&format!(
+            "; the process limit was hit {} times",
+            limits.pids_max_hits
+        ));
+    }
+    if r.stdout.truncated + r.stderr.truncated > 0 {
+        reason.push_str(&format!(
+            "; output truncated ({} stdout and {} stderr bytes dropped)",
+            r.stdout.truncated, r.stderr.truncated
+        ));
+    }
+    Outcome {
+        ending,
+        exit_code,
+        reason,
+        duration_ms: started.elapsed().as_millis() as u64,
+        limits,
+        usage,
+        stdout_bytes: r.stdout.bytes,
+        stderr_bytes: r.stderr.bytes,
+        stdout_truncated: r.stdout.truncated,
+        stderr_truncated: r.stderr.truncated,
+        degraded,
+        cgroup_version,
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGSYS => "SIGSYS",
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGBUS => "SIGBUS",
+        _ => "signal",
+    }
+}

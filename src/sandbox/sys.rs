@@ -1,0 +1,862 @@
+//! Raw Linux syscalls behind safe, minimal wrappers: the only module in execbox allowed to
+//! contain `unsafe`.
+//!
+//! Every wrapper here is async-signal-safe: no allocation, no locks, no logging, no panics on the
+//! success or error path. They are what the code between `clone` and `execve` (see `child.rs`)
+//! is made of. Errors are a bare errno ([`Errno`]); callers attach the step.
+//!
+//! Soundness contract of the one dangerous entry point, [`clone_sandbox`]: it refuses to fork a
+//! process that has more than one thread, and the child runs a `FnOnce() -> !` that can only end
+//! in `execve` or `_exit` (a panic is caught by an exit guard).
+#![allow(unsafe_code)]
+
+use std::ffi::CStr;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// A raw errno value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl Errno {
+    fn last() -> Errno {
+        // SAFETY: __errno_location returns the calling thread's errno slot, always valid.
+        Errno(unsafe { *libc::__errno_location() })
+    }
+
+    /// The symbolic name and description, for messages (allocation is fine: parent side only).
+    pub fn describe(self) -> String {
+        format!("{}", std::io::Error::from_raw_os_error(self.0))
+    }
+}
+
+pub type SysResult<T> = Result<T, Errno>;
+
+fn check(ret: libc::c_long) -> SysResult<libc::c_long> {
+    if ret < 0 { Err(Errno::last()) } else { Ok(ret) }
+}
+
+fn check_int(ret: libc::c_int) -> SysResult<libc::c_int> {
+    if ret < 0 { Err(Errno::last()) } else { Ok(ret) }
+}
+
+/// Retries a call interrupted by a signal.
+fn retry<T>(mut f: impl FnMut() -> SysResult<T>) -> SysResult<T> {
+    loop {
+        match f() {
+            Err(Errno(libc::EINTR)) => continue,
+            other => return other,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Process creation and waiting
+// ---------------------------------------------------------------------------------------------
+
+/// Number of threads of this process, from `/proc/self/task` (parent side; allocates).
+pub fn thread_count() -> std::io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/task")?.count())
+}
+
+/// Result of [`clone_sandbox`] in the parent.
+#[derive(Debug)]
+pub struct Child {
+    pub pid: libc::pid_t,
+    pub pidfd: OwnedFd,
+}
+
+/// Aborts the process with `_exit(code)` if dropped: put one on the child's stack so a panic
+/// can never unwind back into the parent's code in the child.
+struct ExitGuard;
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        exit(126);
+    }
+}
+
+/// `clone(2)` into new namespaces (`flags` holds `CLONE_NEW*`), returning a pidfd in the parent.
+/// The child runs `child`, which can only end in `execve` or [`exit`] (it returns `Infallible`).
+///
+/// Refuses (EAGAIN... reported as `Err(Errno(libc::EDEADLK))`) when the calling process has more
+/// than one thread: a child of a multithreaded parent can inherit a lock held by another thread
+/// (a malloc-lock deadlock was reproduced on the target hosts).
+pub fn clone_sandbox<F: FnOnce() -> std::convert::Infallible>(
+    flags: libc::c_int,
+    child: F,
+) -> SysResult<Child> {
+    match thread_count() {
+        Ok(1) => {}
+        _ => return Err(Errno(libc::EDEADLK)),
+    }
+    let mut pidfd: libc::c_int = -1;
+    let flags = (flags as libc::c_ulong)
+        | libc::CLONE_PIDFD as libc::c_ulong
+        | libc::SIGCHLD as libc::c_ulong;
+    // SAFETY: raw clone with a null stack behaves like fork: the child continues on a copy of
+    // this (single-threaded, checked above) process's stack. `pidfd` is a valid out-pointer for
+    // CLONE_PIDFD; the child-tid and tls arguments are unused for these flags.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags,
+            std::ptr::null_mut::<libc::c_void>(),
+            &mut pidfd as *mut libc::c_int,
+            std::ptr::null_mut::<libc::c_int>(),
+            0 as libc::c_ulong,
+        )
+    };
+    let pid = check(ret)?;
+    if pid == 0 {
+        let _guard = ExitGuard;
+        #[allow(unreachable_code)]
+        match child() {}
+    }
+    // SAFETY: CLONE_PIDFD stored a fresh pidfd that nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    Ok(Child {
+        pid: pid as libc::pid_t,
+        pidfd,
+    })
+}
+
+/// Plain `fork(2)` for the sandbox init (single-threaded by construction); `child` never returns.
+pub fn fork<F: FnOnce() -> std::convert::Infallible>(child: F) -> SysResult<libc::pid_t> {
+    // SAFETY: called only inside the sandbox init, which is single-threaded; the child runs
+    // code that ends in execve or _exit.
+    let pid = check_int(unsafe { libc::fork() })?;
+    if pid == 0 {
+        let _guard = ExitGuard;
+        #[allow(unreachable_code)]
+        match child() {}
+    }
+    Ok(pid)
+}
+
+/// `_exit(2)`: leaves without running destructors or atexit handlers.
+pub fn exit(code: i32) -> ! {
+    // SAFETY: _exit is always safe to call and does not return.
+    unsafe { libc::_exit(code) }
+}
+
+/// `pidfd_send_signal(2)`.
+pub fn pidfd_kill(pidfd: BorrowedFd<'_>, sig: libc::c_int) -> SysResult<()> {
+    // SAFETY: plain syscall with an fd we borrow and a null siginfo.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    check(r).map(drop)
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Exit {
+    /// From a `waitpid` status word.
+    pub fn from_wait_status(status: libc::c_int) -> Exit {
+        if libc::WIFSIGNALED(status) {
+            Exit::Signal(libc::WTERMSIG(status))
+        } else {
+            Exit::Code(libc::WEXITSTATUS(status))
+        }
+    }
+}
+
+/// `waitid(P_PIDFD, …, WEXITED)`: reaps the child behind `pidfd`.
+pub fn wait_pidfd(pidfd: BorrowedFd<'_>) -> SysResult<Exit> {
+    retry(|| {
+        // SAFETY: zeroed siginfo_t is a valid out-buffer.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: valid pointer to `info`, pidfd borrowed for the call.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED,
+            )
+        };
+        check_int(r)?;
+        // SAFETY: waitid filled a SIGCHLD siginfo, for which si_status is the valid field.
+        let status = unsafe { info.si_status() };
+        Ok(if info.si_code == libc::CLD_EXITED {
+            Exit::Code(status)
+        } else {
+            Exit::Signal(status)
+        })
+    })
+}
+
+/// `waitpid(pid, WNOHANG)`: `Ok(None)` when no child changed state.
+pub fn waitpid_nohang(pid: libc::pid_t) -> SysResult<Option<(libc::pid_t, libc::c_int)>> {
+    let mut status = 0;
+    // SAFETY: valid pointer to a local.
+    let r = check_int(unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) })?;
+    Ok((r != 0).then_some((r, status)))
+}
+
+/// `kill(2)`.
+pub fn kill(pid: libc::pid_t, sig: libc::c_int) -> SysResult<()> {
+    // SAFETY: plain syscall.
+    check_int(unsafe { libc::kill(pid, sig) }).map(drop)
+}
+
+pub fn getppid() -> libc::pid_t {
+    // SAFETY: always succeeds.
+    unsafe { libc::getppid() }
+}
+
+pub fn geteuid() -> u32 {
+    // SAFETY: always succeeds.
+    unsafe { libc::geteuid() }
+}
+
+pub fn getegid() -> u32 {
+    // SAFETY: always succeeds.
+    unsafe { libc::getegid() }
+}
+
+// ---------------------------------------------------------------------------------------------
+// File descriptors and I/O
+// ---------------------------------------------------------------------------------------------
+
+/// `read(2)`, retried on EINTR.
+pub fn read(fd: RawFd, buf: &mut [u8]) -> SysResult<usize> {
+    retry(|| {
+        // SAFETY: buf is valid for buf.len() bytes.
+        let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        check(r as libc::c_long).map(|n| n as usize)
+    })
+}
+
+/// `write(2)` of the whole buffer, retried on EINTR and short writes.
+pub fn write_all(fd: RawFd, mut buf: &[u8]) -> SysResult<()> {
+    while !buf.is_empty() {
+        let n = retry(|| {
+            // SAFETY: buf is valid for buf.len() bytes.
+            let r = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+            check(r as libc::c_long).map(|n| n as usize)
+        })?;
+        buf = &buf[n..];
+    }
+    Ok(())
+}
+
+/// `splice(2)` from a pipe to `fd_out`, moving at most `len` bytes.
+pub fn splice(fd_in: RawFd, fd_out: RawFd, len: usize) -> SysResult<usize> {
+    retry(|| {
+        // SAFETY: null offsets mean "use and update the file position"; fds are borrowed.
+        let r = unsafe {
+            libc::splice(
+                fd_in,
+                std::ptr::null_mut(),
+                fd_out,
+                std::ptr::null_mut(),
+                len,
+                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+            )
+        };
+        check(r as libc::c_long).map(|n| n as usize)
+    })
+}
+
+/// `dup2(2)` (clears close-on-exec on `new`).
+pub fn dup2(old: RawFd, new: RawFd) -> SysResult<()> {
+    // SAFETY: plain syscall on integers.
+    check_int(unsafe { libc::dup2(old, new) }).map(drop)
+}
+
+/// `dup3(old, new, O_CLOEXEC)`.
+pub fn dup3_cloexec(old: RawFd, new: RawFd) -> SysResult<()> {
+    // SAFETY: plain syscall on integers.
+    check_int(unsafe { libc::dup3(old, new, libc::O_CLOEXEC) }).map(drop)
+}
+
+/// `close_range(first, last, flags)`.
+pub fn close_range(first: u32, last: u32, flags: u32) -> SysResult<()> {
+    // SAFETY: plain syscall on integers; closing fds we own in this (child) process.
+    check(unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) }).map(drop)
+}
+
+/// `close(2)`, ignoring the result (nothing useful can be done about it in the child).
+pub fn close(fd: RawFd) {
+    // SAFETY: the caller owns `fd` (an inherited descriptor in the child).
+    unsafe { libc::close(fd) };
+}
+
+/// Sets `O_NONBLOCK` on an fd.
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> SysResult<()> {
+    // SAFETY: fcntl on a borrowed fd.
+    let flags = check_int(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    // SAFETY: fcntl on a borrowed fd.
+    check_int(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) })
+        .map(drop)
+}
+
+/// `poll(2)` over `fds`; returns the number ready (0 on timeout). EINTR is reported as 0 ready.
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: libc::c_int) -> SysResult<usize> {
+    // SAFETY: fds points to fds.len() initialised pollfd structs.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    match check_int(r) {
+        Ok(n) => Ok(n as usize),
+        Err(Errno(libc::EINTR)) => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// Takes ownership of a raw fd returned by one of the wrappers here.
+pub fn owned(fd: RawFd) -> OwnedFd {
+    // SAFETY: callers pass a fresh fd from a successful syscall that nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// `open(2)` returning a raw fd (child side: the fd is closed on exec or kept deliberately).
+pub fn open(path: &CStr, flags: libc::c_int, mode: libc::mode_t) -> SysResult<RawFd> {
+    // SAFETY: path is NUL-terminated.
+    check_int(unsafe { libc::open(path.as_ptr(), flags, mode as libc::c_uint) })
+}
+
+/// Sends one byte and, optionally, one fd over a Unix socket (SCM_RIGHTS).
+pub fn send_byte_with_fd(
+    sock: BorrowedFd<'_>,
+    byte: u8,
+    fd: Option<BorrowedFd<'_>>,
+) -> SysResult<()> {
+    let mut data = [byte];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // Room for one fd, aligned like cmsghdr.
+    let mut cbuf = [0u64; 4];
+    // SAFETY: a zeroed msghdr is valid; fields set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if let Some(fd) = fd {
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE is a pure computation.
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as usize;
+        // SAFETY: msg_control points to a buffer of msg_controllen bytes, so the first header
+        // is in bounds.
+        let cmsg = unsafe { &mut *libc::CMSG_FIRSTHDR(&msg) };
+        cmsg.cmsg_level = libc::SOL_SOCKET;
+        cmsg.cmsg_type = libc::SCM_RIGHTS;
+        // SAFETY: pure computation.
+        cmsg.cmsg_len = unsafe { libc::CMSG_LEN(size_of::<RawFd>() as u32) } as usize;
+        // SAFETY: CMSG_DATA of an in-bounds header has room for one RawFd (CMSG_SPACE above).
+        let data_ptr = unsafe { libc::CMSG_DATA(cmsg) } as *mut RawFd;
+        // SAFETY: data_ptr is in bounds and may be unaligned.
+        unsafe { data_ptr.write_unaligned(fd.as_raw_fd()) };
+    }
+    retry(|| {
+        // SAFETY: msg and everything it points to live across the call.
+        let r = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        check(r as libc::c_long).map(drop)
+    })
+}
+
+/// Receives one byte and at most one fd (close-on-exec). `Ok(None)` on EOF.
+pub fn recv_byte_with_fd(sock: RawFd) -> SysResult<Option<(u8, Option<RawFd>)>> {
+    let mut data = [0u8];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut cbuf = [0u64; 4];
+    // SAFETY: a zeroed msghdr is valid; fields set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = size_of_val(&cbuf);
+    let n = retry(|| {
+        // SAFETY: msg points to live buffers of the sizes given.
+        let r = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        check(r as libc::c_long)
+    })?;
+    if n == 0 {
+        return Ok(None);
+    }
+    let mut fd = None;
+    // SAFETY: msg was filled by recvmsg; CMSG_FIRSTHDR checks controllen.
+    let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    if !cmsg.is_null() {
+        // SAFETY: non-null header within the buffer recvmsg filled.
+        let c = unsafe { &*cmsg };
+        if c.cmsg_level == libc::SOL_SOCKET && c.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: an SCM_RIGHTS message carries at least one fd.
+            let p = unsafe { libc::CMSG_DATA(cmsg) } as *const RawFd;
+            // SAFETY: in bounds, possibly unaligned.
+            fd = Some(unsafe { p.read_unaligned() });
+        }
+    }
+    Ok(Some((data[0], fd)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Credentials, namespaces, process attributes
+// ---------------------------------------------------------------------------------------------
+
+pub fn setresuid(uid: u32) -> SysResult<()> {
+    // SAFETY: plain syscall.
+    check_int(unsafe { libc::setresuid(uid, uid, uid) }).map(drop)
+}
+
+pub fn setresgid(gid: u32) -> SysResult<()> {
+    // SAFETY: plain syscall.
+    check_int(unsafe { libc::setresgid(gid, gid, gid) }).map(drop)
+}
+
+pub fn unshare(flags: libc::c_int) -> SysResult<()> {
+    // SAFETY: plain syscall.
+    check_int(unsafe { libc::unshare(flags) }).map(drop)
+}
+
+pub fn setsid() -> SysResult<()> {
+    // SAFETY: plain syscall.
+    check_int(unsafe { libc::setsid() }).map(drop)
+}
+
+pub fn sethostname(name: &[u8]) -> SysResult<()> {
+    // SAFETY: name is valid for name.len() bytes.
+    check_int(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) }).map(drop)
+}
+
+/// `prctl(2)` with integer arguments.
+pub fn prctl(option: libc::c_int, a2: libc::c_ulong, a3: libc::c_ulong) -> SysResult<libc::c_int> {
+    // SAFETY: every option used by execbox takes integer arguments only.
+    check_int(unsafe { libc::prctl(option, a2, a3, 0 as libc::c_ulong, 0 as libc::c_ulong) })
+}
+
+pub fn setrlimit(resource: libc::__rlimit_resource_t, value: u64) -> SysResult<()> {
+    let lim = libc::rlimit {
+        rlim_cur: value,
+        rlim_max: value,
+    };
+    // SAFETY: valid pointer to a local.
+    check_int(unsafe { libc::setrlimit(resource, &lim) }).map(drop)
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Clears the effective, permitted and inheritable capability sets (`capset(2)`).
+pub fn clear_capabilities() -> SysResult<()> {
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: header and two data structs, as capset v3 expects.
+    check(unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) }).map(drop)
+}
+
+/// `sigprocmask(SIG_SETMASK)` to the given set.
+pub fn set_signal_mask(set: &libc::sigset_t) -> SysResult<()> {
+    // SAFETY: valid pointer; null old-set.
+    check_int(unsafe { libc::sigprocmask(libc::SIG_SETMASK, set, std::ptr::null_mut()) }).map(drop)
+}
+
+/// A signal set from a list.
+pub fn sigset(signals: &[libc::c_int]) -> libc::sigset_t {
+    // SAFETY: zeroed sigset_t is valid storage; sigemptyset initialises it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer.
+    unsafe { libc::sigemptyset(&mut set) };
+    for &s in signals {
+        // SAFETY: valid pointer; invalid numbers only return EINVAL.
+        unsafe { libc::sigaddset(&mut set, s) };
+    }
+    set
+}
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// Installs a no-op handler: a pid-namespace init only receives signals it has a handler for;
+/// with the signal blocked, it then waits in [`sigwait`].
+pub fn install_noop_handler(sig: libc::c_int) -> SysResult<()> {
+    // SAFETY: zeroed sigaction is valid; the handler is an extern "C" fn doing nothing.
+    let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+    act.sa_sigaction = ignore_signal as *const () as libc::sighandler_t;
+    act.sa_flags = libc::SA_RESTART;
+    // SAFETY: valid pointer, null old action.
+    check_int(unsafe { libc::sigaction(sig, &act, std::ptr::null_mut()) }).map(drop)
+}
+
+/// `sigwaitinfo(2)` returning the signal number.
+pub fn sigwait(set: &libc::sigset_t) -> SysResult<libc::c_int> {
+    retry(|| {
+        // SAFETY: valid set; null info.
+        check_int(unsafe { libc::sigwaitinfo(set, std::ptr::null_mut()) })
+    })
+}
+
+/// A `signalfd` for `set` (the caller blocks those signals first).
+pub fn signalfd(set: &libc::sigset_t) -> SysResult<OwnedFd> {
+    // SAFETY: valid set pointer; -1 creates a new fd.
+    let fd = check_int(unsafe { libc::signalfd(-1, set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) })?;
+    // SAFETY: fresh fd owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Blocks `set` in the calling thread, returning the previous mask.
+pub fn block_signals(set: &libc::sigset_t) -> SysResult<libc::sigset_t> {
+    // SAFETY: zeroed sigset_t is valid storage for the old mask.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers.
+    check_int(unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, set, &mut old) })?;
+    Ok(old)
+}
+
+/// Reads one `signalfd_siginfo` and returns its signal number (`Ok(None)` if none pending).
+pub fn read_signalfd(fd: BorrowedFd<'_>) -> SysResult<Option<i32>> {
+    let mut buf = [0u8; 128];
+    match read(fd.as_raw_fd(), &mut buf) {
+        Ok(n) if n >= 4 => Ok(Some(
+            u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as i32
+        )),
+        Ok(_) => Ok(None),
+        Err(Errno(libc::EAGAIN)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mounts
+// ---------------------------------------------------------------------------------------------
+
+/// `mount(2)`.
+pub fn mount(
+    source: Option<&CStr>,
+    target: &CStr,
+    fstype: Option<&CStr>,
+    flags: libc::c_ulong,
+    data: Option<&CStr>,
+) -> SysResult<()> {
+    let p = |s: Option<&CStr>| s.map_or(std::ptr::null(), |s| s.as_ptr());
+    // SAFETY: all strings are NUL-terminated or null where mount(2) allows it.
+    check_int(unsafe { libc::mount(p(source), target.as_ptr(), p(fstype), flags, p(data).cast()) })
+        .map(drop)
+}
+
+pub fn umount2(target: &CStr, flags: libc::c_int) -> SysResult<()> {
+    // SAFETY: NUL-terminated path.
+    check_int(unsafe { libc::umount2(target.as_ptr(), flags) }).map(drop)
+}
+
+/// `open_tree(AT_FDCWD, path, flags)`: with OPEN_TREE_CLONE, a detached copy of the mount tree.
+pub fn open_tree(path: &CStr, flags: libc::c_uint) -> SysResult<RawFd> {
+    // SAFETY: NUL-terminated path.
+    let r = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
+    check(r).map(|fd| fd as RawFd)
+}
+
+/// `mount_setattr(fd, "", AT_EMPTY_PATH | extra_flags, {set, clr, userns_fd})`.
+pub fn mount_setattr_fd(
+    fd: RawFd,
+    recursive: bool,
+    attr_set: u64,
+    attr_clr: u64,
+    userns_fd: Option<RawFd>,
+) -> SysResult<()> {
+    let mut attr = libc::mount_attr {
+        attr_set,
+        attr_clr,
+        propagation: 0,
+        userns_fd: userns_fd.map_or(0, |f| f as u64),
+    };
+    let flags = libc::AT_EMPTY_PATH as libc::c_uint
+        | if recursive {
+            libc::AT_RECURSIVE as libc::c_uint
+        } else {
+            0
+        };
+    // SAFETY: empty NUL-terminated path with AT_EMPTY_PATH; attr pointer and size are valid.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd,
+            c"".as_ptr(),
+            flags,
+            &mut attr as *mut libc::mount_attr,
+            size_of::<libc::mount_attr>(),
+        )
+    };
+    check(r).map(drop)
+}
+
+/// `move_mount(fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH)`: attaches a detached mount.
+pub fn move_mount_fd(fd: RawFd, target: &CStr) -> SysResult<()> {
+    // SAFETY: NUL-terminated paths.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            fd,
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    check(r).map(drop)
+}
+
+/// `fsopen(fstype)` + `fsconfig(CREATE)` + `fsmount`: a detached new mount of `fstype`.
+pub fn new_detached_mount(fstype: &CStr, mount_attrs: u64) -> SysResult<RawFd> {
+    // SAFETY: NUL-terminated fs type.
+    let fs =
+        check(unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), libc::FSOPEN_CLOEXEC) })?
+            as RawFd;
+    // SAFETY: FSCONFIG_CMD_CREATE takes no key or value.
+    let created = check(unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs,
+            libc::FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    });
+    let mounted = created.and_then(|_| {
+        // SAFETY: fs is a configured fs context.
+        check(unsafe { libc::syscall(libc::SYS_fsmount, fs, libc::FSMOUNT_CLOEXEC, mount_attrs) })
+    });
+    close(fs);
+    mounted.map(|fd| fd as RawFd)
+}
+
+/// `pivot_root(new, old)`.
+pub fn pivot_root(new_root: &CStr, put_old: &CStr) -> SysResult<()> {
+    // SAFETY: NUL-terminated paths.
+    check(unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) })
+        .map(drop)
+}
+
+pub fn chdir(path: &CStr) -> SysResult<()> {
+    // SAFETY: NUL-terminated path.
+    check_int(unsafe { libc::chdir(path.as_ptr()) }).map(drop)
+}
+
+/// `mkdir(2)`; an existing entry is not an error.
+pub fn mkdir_exist_ok(path: &CStr, mode: libc::mode_t) -> SysResult<()> {
+    // SAFETY: NUL-terminated path.
+    match check_int(unsafe { libc::mkdir(path.as_ptr(), mode) }) {
+        Ok(_) | Err(Errno(libc::EEXIST)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates an empty regular file to bind a file onto; an existing entry is not an error.
+pub fn touch(path: &CStr) -> SysResult<()> {
+    let fd = open(
+        path,
+        libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+        0o444,
+    );
+    match fd {
+        Ok(fd) => {
+            close(fd);
+            Ok(())
+        }
+        Err(Errno(libc::EEXIST)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn symlink(target: &CStr, link: &CStr) -> SysResult<()> {
+    // SAFETY: NUL-terminated paths.
+    match check_int(unsafe { libc::symlink(target.as_ptr(), link.as_ptr()) }) {
+        Ok(_) | Err(Errno(libc::EEXIST)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Network
+// ---------------------------------------------------------------------------------------------
+
+/// Brings the loopback interface up (`SIOCSIFFLAGS` on "lo"); the kernel assigns 127.0.0.1.
+pub fn loopback_up() -> SysResult<()> {
+    // SAFETY: plain syscall.
+    let sock = check_int(unsafe {
+        libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0)
+    })?;
+    // SAFETY: zeroed ifreq is valid; the name is set below.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS fills ifr_flags of a valid ifreq.
+    let got = check_int(unsafe { libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req) });
+    let set = got.and_then(|_| {
+        // SAFETY: ifru_flags is the active field after SIOCGIFFLAGS.
+        unsafe { req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short };
+        // SAFETY: valid ifreq.
+        check_int(unsafe { libc::ioctl(sock, libc::SIOCSIFFLAGS, &req) })
+    });
+    close(sock);
+    set.map(drop)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Landlock
+// ---------------------------------------------------------------------------------------------
+
+#[repr(C)]
+struct RulesetAttr {
+    handled_access_fs: u64,
+    handled_access_net: u64,
+    scoped: u64,
+}
+
+#[repr(C, packed)]
+struct PathBeneathAttr {
+    allowed_access: u64,
+    parent_fd: i32,
+}
+
+const LANDLOCK_CREATE_RULESET_VERSION: u32 = 1;
+const LANDLOCK_RULE_PATH_BENEATH: u32 = 1;
+
+/// The landlock ABI version of the running kernel, or the errno (EOPNOTSUPP: disabled at boot;
+/// ENOSYS: not built in).
+pub fn landlock_abi() -> SysResult<u32> {
+    // SAFETY: the version query takes a null attr and size 0.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<RulesetAttr>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    check(r).map(|v| v as u32)
+}
+
+/// Creates a ruleset. `attr_size` lets older ABIs (no `scoped` field before v6, no net before v4)
+/// receive a struct of the size they know.
+pub fn landlock_create_ruleset(fs: u64, net: u64, scoped: u64, abi: u32) -> SysResult<RawFd> {
+    let attr = RulesetAttr {
+        handled_access_fs: fs,
+        handled_access_net: net,
+        scoped,
+    };
+    let size = match abi {
+        0..=3 => 8,
+        4 | 5 => 16,
+        _ => size_of::<RulesetAttr>(),
+    };
+    // SAFETY: attr is valid for `size` bytes (size never exceeds the struct).
+    let r = unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, &attr, size, 0u32) };
+    check(r).map(|fd| fd as RawFd)
+}
+
+/// Adds a path-beneath rule for the object behind `parent_fd` (an O_PATH fd).
+pub fn landlock_add_path_rule(ruleset: RawFd, parent_fd: RawFd, access: u64) -> SysResult<()> {
+    let attr = PathBeneathAttr {
+        allowed_access: access,
+        parent_fd,
+    };
+    // SAFETY: attr is a valid landlock_path_beneath_attr.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_add_rule,
+            ruleset,
+            LANDLOCK_RULE_PATH_BENEATH,
+            &attr as *const PathBeneathAttr,
+            0u32,
+        )
+    };
+    check(r).map(drop)
+}
+
+pub fn landlock_restrict_self(ruleset: RawFd) -> SysResult<()> {
+    // SAFETY: plain syscall on an fd.
+    check(unsafe { libc::syscall(libc::SYS_landlock_restrict_self, ruleset, 0u32) }).map(drop)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Seccomp
+// ---------------------------------------------------------------------------------------------
+
+/// Installs one BPF filter (`seccomp(SECCOMP_SET_MODE_FILTER)`); needs no_new_privs first.
+pub fn seccomp_install(program: &[libc::sock_filter]) -> SysResult<()> {
+    let prog = libc::sock_fprog {
+        len: program.len() as libc::c_ushort,
+        filter: program.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: prog points to `len` valid instructions that outlive the call (the kernel copies).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0u32,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    check(r).map(drop)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exec
+// ---------------------------------------------------------------------------------------------
+
+/// `execve(2)`; returns only on failure. `argv` and `envp` are null-terminated pointer arrays
+/// built before the fork.
+pub fn execve(path: &CStr, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -> Errno {
+    debug_assert!(argv.last().is_some_and(|p| p.is_null()));
+    debug_assert!(envp.last().is_some_and(|p| p.is_null()));
+    // SAFETY: path is NUL-terminated; argv/envp are null-terminated arrays of pointers to
+    // NUL-terminated strings owned by the caller's prepared plan, alive for the call.
+    unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    Errno::last()
+}
+
+/// `fcntl(F_DUPFD_CLOEXEC, min)`: a close-on-exec duplicate numbered `min` or above.
+pub fn dup_cloexec_above(fd: RawFd, min: RawFd) -> SysResult<RawFd> {
+    // SAFETY: fcntl on integers.
+    check_int(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) })
+}
+
+/// True when the peer of a stream socket has closed it (non-blocking peek).
+pub fn peer_closed(sock: RawFd) -> bool {
+    let mut b = [0u8; 1];
+    // SAFETY: b is valid for one byte.
+    let r = unsafe {
+        libc::recv(
+            sock,
+            b.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    r == 0
+}
