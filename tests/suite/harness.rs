@@ -1,0 +1,112 @@
+//! Shared helpers: run the built binary in a fresh workspace, decide when a missing feature is
+//! a skip and when (EXECBOX_REQUIRE_ALL=1, as in CI) it is a failure.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub const EXECBOX: &str = env!("CARGO_BIN_EXE_execbox");
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+pub fn is_root() -> bool {
+    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+}
+
+/// A test that cannot run here: a failure under EXECBOX_REQUIRE_ALL=1, otherwise a visible skip.
+pub fn missing(what: &str) {
+    if std::env::var("EXECBOX_REQUIRE_ALL").as_deref() == Ok("1") {
+        panic!("required feature missing: {what} (EXECBOX_REQUIRE_ALL=1)");
+    }
+    eprintln!("SKIP: {what}");
+}
+
+/// True when this test only makes sense as root; prints why it does not apply otherwise.
+/// (CI runs the suite both as root and as an unprivileged user: each case runs in one of them.)
+pub fn root_only(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    eprintln!("not applicable unprivileged (runs in the root pass): {test}");
+    false
+}
+
+pub struct Ws {
+    pub dir: tempfile::TempDir,
+}
+
+impl Ws {
+    pub fn new() -> Ws {
+        Ws { dir: tempfile::Builder::new().prefix("execbox-test-").tempdir().unwrap() }
+    }
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// `execbox run --policy tests/fixtures/open.toml --workspace WS [extra…] -- argv…`.
+pub fn run_in(ws: &Path, extra: &[&str], argv: &[&str]) -> Output {
+    cmd_in(ws, extra, argv).output().unwrap()
+}
+
+pub fn cmd_in(ws: &Path, extra: &[&str], argv: &[&str]) -> Command {
+    let mut c = Command::new(EXECBOX);
+    c.arg("run").arg("--policy").arg(fixture("open.toml")).arg("--workspace").arg(ws);
+    c.args(extra).arg("--").args(argv);
+    c.stdin(Stdio::null());
+    c
+}
+
+/// Runs a shell snippet with `sh -c` in a fresh workspace.
+pub fn sh(script: &str) -> Output {
+    let ws = Ws::new();
+    run_in(ws.path(), &[], &["/bin/sh", "-c", script])
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    text(&o.stdout)
+}
+
+/// Asserts success and returns stdout.
+#[track_caller]
+pub fn ok(o: &Output) -> String {
+    assert!(o.status.success(), "status {:?}\nstdout: {}\nstderr: {}", o.status, text(&o.stdout), text(&o.stderr));
+    stdout(o)
+}
+
+/// Parses the one JSON line `--json` writes on stderr (the last line).
+pub fn json_report(o: &Output) -> serde_json::Value {
+    let err = text(&o.stderr);
+    let line = err.lines().rev().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no JSON report in: {err}"));
+    serde_json::from_str(line).unwrap()
+}
+
+/// Processes on the host whose command line contains `marker`.
+pub fn host_processes_with(marker: &str) -> Vec<String> {
+    let mut found = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = text(&cmd).replace('\0', " ");
+            if cmd.contains(marker) && !cmd.contains("execbox") {
+                found.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    found
+}
+
+/// Runs a Python snippet inside the sandbox; python3 is under the read-only /usr.
+pub fn py(code: &str) -> Output {
+    let ws = Ws::new();
+    run_in(ws.path(), &[], &["/usr/bin/python3", "-c", code])
+}
+
+/// The same snippet on the host (the positive control that the probe itself works).
+pub fn py_host(code: &str) -> Output {
+    Command::new("/usr/bin/python3").arg("-c").arg(code).output().unwrap()
+}
