@@ -623,7 +623,7 @@ mod tests {
         }
     }
 
-    /// (syscall, index of the mode argument, other arguments before it).
+    /// (syscall, index of its mode argument).
     const MODE_CALLS: &[(i64, usize)] = &[
         (libc::SYS_chmod, 1),
         (libc::SYS_fchmod, 1),
