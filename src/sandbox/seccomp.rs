@@ -1,6 +1,20 @@
-//! Compiled seccomp filters from `seccomp/*.json` (seccompiler's JSON form, compiled by
-//! `build.rs`). PLACEHOLDER until the seccomp change lands: knows the name `default` and
-//! yields no filter, so the sandbox tests that assert `Seccomp: 2` fail until then.
+//! Compiled seccomp filters: the reviewed data in `seccomp/*.json` (seccompiler's JSON form),
+//! compiled to BPF by `build.rs` at build time, plus one small program built by hand here.
+//!
+//! One JSON file is one profile (`seccomp/default.json` is the profile `default`). Its named
+//! filters are installed together (stacked); [`filters`] lists them in install order. The
+//! kernel runs every stacked filter on every syscall and applies the result of highest
+//! precedence (KILL_PROCESS > ERRNO > ALLOW), so a syscall denied by any filter is denied.
+//!
+//! Every seccompiler program starts by loading `seccomp_data.arch` and returning
+//! `SECCOMP_RET_KILL_PROCESS` when it is not the target's `AUDIT_ARCH_*` (seccompiler's
+//! `build_arch_validation_sequence`, pinned by a test below): i386 syscalls made through
+//! `int 0x80` on x86_64 kill the process. x32 syscalls, however, carry `AUDIT_ARCH_X86_64` and
+//! a number with bit 30 set, which a deny list keyed on numbers would never match; seccompiler
+//! cannot express "nr >= 0x40000000", so [`X86_64_EXTRA`] does it by hand.
+//!
+//! This module owns data only. It must never install anything (that is `sandbox::sys`, the one
+//! place allowed `unsafe`), and it never falls back to an empty filter.
 
 /// One compiled BPF program, ready to hand to `seccomp(SECCOMP_SET_MODE_FILTER)`.
 #[derive(Debug, Clone, Copy)]
@@ -9,16 +23,671 @@ pub struct Filter {
     pub program: &'static [libc::sock_filter],
 }
 
+/// One reviewed rule of a JSON profile, as `doctor` and the docs show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    /// The JSON filter the rule belongs to (`deny`, `enosys`, …).
+    pub filter: &'static str,
+    /// What a match does, e.g. `errno EPERM`.
+    pub action: &'static str,
+    pub syscall: &'static str,
+    /// The and-bound argument conditions, rendered; empty when any call matches.
+    pub args: &'static str,
+    /// The one-line reason from the JSON `comment`.
+    pub comment: &'static str,
+}
+
+/// A compiled profile: what `build.rs` generates for one `seccomp/<name>.json`.
+struct Profile {
+    name: &'static str,
+    filters: &'static [Filter],
+    entries: &'static [Entry],
+}
+
+/// `AUDIT_ARCH_X86_64` from `<linux/audit.h>` (`EM_X86_64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE`);
+/// the libc crate does not export it.
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH_X86_64: u32 = 62 | 0x8000_0000 | 0x4000_0000;
+
+/// `__X32_SYSCALL_BIT`: x32 syscalls are numbered from here, under `AUDIT_ARCH_X86_64`.
+#[cfg(target_arch = "x86_64")]
+pub const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+/// `open_tree_attr` (Linux 6.15, x86_64 number 467): new mount API that seccompiler 0.5's
+/// syscall table does not know, so the JSON cannot name it.
+#[cfg(target_arch = "x86_64")]
+const NR_OPEN_TREE_ATTR: u32 = 467;
+
+#[cfg(target_arch = "x86_64")]
+const fn stmt(code: u32, k: u32) -> libc::sock_filter {
+    libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+const fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+    libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    }
+}
+
+/// Hand-built x86_64 filter, installed first in every profile: kills a foreign architecture
+/// (again, so this program is correct on its own), kills x32 syscalls, and refuses the mount
+/// syscalls newer than seccompiler's table with EPERM like the JSON `deny` filter does.
+#[cfg(target_arch = "x86_64")]
+pub static X86_64_EXTRA: [libc::sock_filter; 9] = [
+    // 0: A = seccomp_data.arch
+    stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 4),
+    // 1: native x86_64 → 3, anything else (i386 via int 0x80) → 2
+    jump(
+        libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+        AUDIT_ARCH_X86_64,
+        1,
+        0,
+    ),
+    // 2:
+    stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_KILL_PROCESS),
+    // 3: A = seccomp_data.nr
+    stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
+    // 4: x32 ABI → 8 (kill), otherwise → 5
+    jump(
+        libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K,
+        X32_SYSCALL_BIT,
+        3,
+        0,
+    ),
+    // 5: open_tree_attr → 6 (EPERM), otherwise → 7 (allow)
+    jump(
+        libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+        NR_OPEN_TREE_ATTR,
+        0,
+        1,
+    ),
+    // 6:
+    stmt(
+        libc::BPF_RET | libc::BPF_K,
+        libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+    ),
+    // 7:
+    stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
+    // 8:
+    stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_KILL_PROCESS),
+];
+
+// `PROFILES`: one `Profile` per `seccomp/*.json`, sorted by name, generated by `build.rs`.
+include!(concat!(env!("OUT_DIR"), "/seccomp_filters.rs"));
+
+fn profile(name: &str) -> Option<&'static Profile> {
+    PROFILES.iter().find(|p| p.name == name)
+}
+
 /// The names of all compiled profiles.
 pub fn known_names() -> Vec<&'static str> {
-    vec!["default"]
+    PROFILES.iter().map(|p| p.name).collect()
 }
 
 pub fn is_known(name: &str) -> bool {
-    known_names().contains(&name)
+    profile(name).is_some()
 }
 
 /// The filters of a profile, in the order they must be installed.
 pub fn filters(name: &str) -> Option<&'static [Filter]> {
-    is_known(name).then_some(&[])
+    profile(name).map(|p| p.filters)
+}
+
+/// The reviewed rules of a profile's JSON, in file order (for `doctor` and the docs). The
+/// hand-built [`X86_64_EXTRA`] program has no entries here; the docs describe it.
+pub fn entries(name: &str) -> Option<&'static [Entry]> {
+    profile(name).map(|p| p.entries)
+}
+
+// The syscall numbers and the arch constant below are x86_64's, the only target we ship.
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    //! The filters are checked without installing anything: a small interpreter for the
+    //! classic-BPF subset seccompiler and [`X86_64_EXTRA`] emit runs the stacked programs
+    //! against synthetic `seccomp_data`, combining results the way the kernel does.
+
+    use super::*;
+
+    /// `struct seccomp_data` from `<linux/seccomp.h>`.
+    #[derive(Debug, Clone, Copy)]
+    struct Data {
+        nr: i64,
+        arch: u32,
+        instruction_pointer: u64,
+        args: [u64; 6],
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Verdict {
+        Allow,
+        Errno(i32),
+        KillProcess,
+        Other(u32),
+    }
+
+    const AUDIT_ARCH_I386: u32 = 3 | 0x4000_0000;
+
+    fn call(nr: i64, args: &[u64]) -> Data {
+        let mut a = [0u64; 6];
+        a[..args.len()].copy_from_slice(args);
+        Data {
+            nr,
+            arch: AUDIT_ARCH_X86_64,
+            instruction_pointer: 0x7f00_dead_beef,
+            args: a,
+        }
+    }
+
+    /// `BPF_LD | BPF_W | BPF_ABS`: a 32-bit little-endian word of `seccomp_data`.
+    fn load_word(d: &Data, offset: u32) -> u32 {
+        let mut bytes = Vec::with_capacity(64);
+        bytes.extend_from_slice(&(d.nr as i32).to_le_bytes());
+        bytes.extend_from_slice(&d.arch.to_le_bytes());
+        bytes.extend_from_slice(&d.instruction_pointer.to_le_bytes());
+        for a in d.args {
+            bytes.extend_from_slice(&a.to_le_bytes());
+        }
+        let o = offset as usize;
+        assert!(
+            o.is_multiple_of(4) && o + 4 <= bytes.len(),
+            "bad load offset {offset}"
+        );
+        u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap())
+    }
+
+    /// Runs one program; panics on an instruction outside the subset, on falling off the end
+    /// or on a jump out of bounds (the kernel's verifier would refuse such a program).
+    fn run(program: &[libc::sock_filter], d: &Data) -> u32 {
+        let (mut pc, mut acc) = (0usize, 0u32);
+        loop {
+            let ins = program.get(pc).expect("program counter ran off the end");
+            let code = u32::from(ins.code);
+            let k = ins.k;
+            let mut next = pc + 1;
+            match code {
+                c if c == libc::BPF_LD | libc::BPF_W | libc::BPF_ABS => acc = load_word(d, k),
+                c if c == libc::BPF_ALU | libc::BPF_AND | libc::BPF_K => acc &= k,
+                c if c == libc::BPF_RET | libc::BPF_K => return k,
+                c if c == libc::BPF_JMP | libc::BPF_JA => next += k as usize,
+                c if c & 0x07 == libc::BPF_JMP && c & 0x08 == libc::BPF_K => {
+                    let taken = match c & 0xf0 {
+                        op if op == libc::BPF_JEQ => acc == k,
+                        op if op == libc::BPF_JGT => acc > k,
+                        op if op == libc::BPF_JGE => acc >= k,
+                        op if op == libc::BPF_JSET => acc & k != 0,
+                        _ => panic!("unsupported jump {code:#x} at {pc}"),
+                    };
+                    next += usize::from(if taken { ins.jt } else { ins.jf });
+                }
+                _ => panic!("unsupported instruction {code:#x} at {pc}"),
+            }
+            assert!(next < program.len(), "jump out of bounds at {pc}");
+            pc = next;
+        }
+    }
+
+    /// Every stacked filter runs; the result with the lowest signed action value wins, and on
+    /// a tie the most recently installed one (kernel `seccomp_run_filters`).
+    fn run_stack(filters: &[Filter], d: &Data) -> Verdict {
+        let mut best: Option<u32> = None;
+        for f in filters.iter().rev() {
+            let r = run(f.program, d);
+            let rank = |v: u32| (v & libc::SECCOMP_RET_ACTION_FULL) as i32;
+            if best.is_none_or(|b| rank(r) < rank(b)) {
+                best = Some(r);
+            }
+        }
+        let r = best.expect("no filter installed");
+        match r & libc::SECCOMP_RET_ACTION_FULL {
+            libc::SECCOMP_RET_ALLOW => Verdict::Allow,
+            libc::SECCOMP_RET_ERRNO => Verdict::Errno((r & libc::SECCOMP_RET_DATA) as i32),
+            libc::SECCOMP_RET_KILL_PROCESS => Verdict::KillProcess,
+            _ => Verdict::Other(r),
+        }
+    }
+
+    fn default_stack() -> &'static [Filter] {
+        filters("default").expect("the default profile is compiled")
+    }
+
+    fn verdict(nr: i64, args: &[u64]) -> Verdict {
+        run_stack(default_stack(), &call(nr, args))
+    }
+
+    const EPERM: Verdict = Verdict::Errno(libc::EPERM);
+    const ENOSYS: Verdict = Verdict::Errno(libc::ENOSYS);
+    const AT_FDCWD: u64 = libc::AT_FDCWD as i64 as u64;
+
+    /// The syscalls the issue requires `default.json` to name.
+    const REQUIRED: &[&str] = &[
+        "mount",
+        "umount2",
+        "open_tree",
+        "move_mount",
+        "fsopen",
+        "fsconfig",
+        "fsmount",
+        "fspick",
+        "mount_setattr",
+        "pivot_root",
+        "chroot",
+        "ptrace",
+        "process_vm_readv",
+        "process_vm_writev",
+        "kexec_load",
+        "kexec_file_load",
+        "init_module",
+        "finit_module",
+        "delete_module",
+        "bpf",
+        "perf_event_open",
+        "add_key",
+        "request_key",
+        "keyctl",
+        "userfaultfd",
+        "io_uring_setup",
+        "io_uring_enter",
+        "io_uring_register",
+        "unshare",
+        "setns",
+        "clone",
+        "clone3",
+        "openat2",
+        "ioctl",
+        "open_by_handle_at",
+        "name_to_handle_at",
+        "reboot",
+        "swapon",
+        "swapoff",
+        "acct",
+        "quotactl",
+        "quotactl_fd",
+        "syslog",
+        "settimeofday",
+        "clock_settime",
+        "clock_adjtime",
+        "adjtimex",
+        "iopl",
+        "ioperm",
+        "uselib",
+        "vhangup",
+        "lookup_dcookie",
+        "nfsservctl",
+        "personality",
+        "chmod",
+        "fchmod",
+        "fchmodat",
+        "fchmodat2",
+        "open",
+        "openat",
+        "creat",
+        "mkdir",
+        "mkdirat",
+        "mknod",
+        "mknodat",
+    ];
+
+    #[test]
+    fn default_profile_is_known_and_unknown_names_are_not() {
+        assert!(known_names().contains(&"default"));
+        assert!(is_known("default"));
+        assert!(!is_known("nope"));
+        assert!(filters("nope").is_none());
+        assert!(entries("nope").is_none());
+    }
+
+    #[test]
+    fn default_json_names_every_required_syscall() {
+        let entries = entries("default").unwrap();
+        let missing: Vec<_> = REQUIRED
+            .iter()
+            .filter(|name| !entries.iter().any(|e| e.syscall == **name))
+            .collect();
+        assert!(missing.is_empty(), "missing from default.json: {missing:?}");
+    }
+
+    #[test]
+    fn every_json_entry_has_a_one_line_comment() {
+        // Read the files themselves rather than trusting build.rs, which enforces the same.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("seccomp");
+        let mut files = 0;
+        for item in std::fs::read_dir(&dir).unwrap() {
+            let path = item.unwrap().path();
+            if path.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            files += 1;
+            let text = std::fs::read_to_string(&path).unwrap();
+            let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+            for (filter, body) in json.as_object().unwrap() {
+                for rule in body["filter"].as_array().unwrap() {
+                    let comment = rule["comment"].as_str().unwrap_or("").trim();
+                    assert!(
+                        !comment.is_empty() && !comment.contains('\n'),
+                        "{}: filter {filter}: {} needs a one-line comment",
+                        path.display(),
+                        rule["syscall"]
+                    );
+                }
+            }
+        }
+        assert!(files > 0);
+        for name in known_names() {
+            assert!(entries(name).unwrap().iter().all(|e| !e.comment.is_empty()));
+        }
+    }
+
+    #[test]
+    fn programs_are_non_empty_and_within_kernel_limits() {
+        for name in known_names() {
+            let stack = filters(name).unwrap();
+            assert!(!stack.is_empty(), "{name}: no filter");
+            // Kernel limits: BPF_MAXINSNS per program; MAX_INSNS_PER_PATH over the stack,
+            // where each filter costs its length plus 4.
+            let mut total = 0;
+            for f in stack {
+                assert!(!f.program.is_empty(), "{name}/{}: empty program", f.name);
+                assert!(f.program.len() < 4096, "{name}/{}: too long", f.name);
+                total += f.program.len() + 4;
+            }
+            assert!(total <= 32768, "{name}: stack of {total} instructions");
+        }
+    }
+
+    #[test]
+    fn filters_are_installed_in_a_documented_order() {
+        let names: Vec<_> = default_stack().iter().map(|f| f.name).collect();
+        assert_eq!(names, ["x86_64", "deny", "enosys"]);
+    }
+
+    #[test]
+    fn every_seccompiler_program_starts_by_killing_a_foreign_arch() {
+        for f in default_stack().iter().filter(|f| f.name != "x86_64") {
+            let p = f.program;
+            assert_eq!(
+                u32::from(p[0].code),
+                libc::BPF_LD | libc::BPF_W | libc::BPF_ABS
+            );
+            assert_eq!(p[0].k, 4, "{}: loads seccomp_data.arch", f.name);
+            assert_eq!(p[1].k, AUDIT_ARCH_X86_64, "{}", f.name);
+            assert_eq!(p[2].k, libc::SECCOMP_RET_KILL_PROCESS, "{}", f.name);
+            let mut foreign = call(libc::SYS_getpid, &[]);
+            foreign.arch = AUDIT_ARCH_I386;
+            assert_eq!(
+                run_stack(std::slice::from_ref(f), &foreign),
+                Verdict::KillProcess
+            );
+        }
+    }
+
+    #[test]
+    fn foreign_arch_is_killed() {
+        let mut d = call(libc::SYS_getpid, &[]);
+        d.arch = AUDIT_ARCH_I386;
+        assert_eq!(run_stack(default_stack(), &d), Verdict::KillProcess);
+    }
+
+    #[test]
+    fn x32_filter_kills_x32_syscalls_and_allows_native_ones() {
+        let alone = [Filter {
+            name: "x86_64",
+            program: &X86_64_EXTRA,
+        }];
+        let x32 = i64::from(X32_SYSCALL_BIT);
+        for nr in [
+            x32,
+            x32 | libc::SYS_mount,
+            x32 | libc::SYS_getpid,
+            0x7fff_ffff,
+        ] {
+            assert_eq!(
+                run_stack(&alone, &call(nr, &[])),
+                Verdict::KillProcess,
+                "{nr:#x}"
+            );
+            assert_eq!(
+                verdict(nr, &[]),
+                Verdict::KillProcess,
+                "{nr:#x} in the stack"
+            );
+        }
+        for nr in [0, libc::SYS_getpid, libc::SYS_mount, x32 - 1] {
+            assert_eq!(run_stack(&alone, &call(nr, &[])), Verdict::Allow, "{nr:#x}");
+        }
+        let mut foreign = call(libc::SYS_getpid, &[]);
+        foreign.arch = AUDIT_ARCH_I386;
+        assert_eq!(run_stack(&alone, &foreign), Verdict::KillProcess);
+    }
+
+    #[test]
+    fn open_tree_attr_is_refused_although_seccompiler_cannot_name_it() {
+        assert_eq!(verdict(i64::from(NR_OPEN_TREE_ATTR), &[]), EPERM);
+    }
+
+    #[test]
+    fn ordinary_syscalls_are_allowed() {
+        for nr in [
+            libc::SYS_read,
+            libc::SYS_write,
+            libc::SYS_getpid,
+            libc::SYS_execve,
+            libc::SYS_mmap,
+            libc::SYS_fork,
+            libc::SYS_statx,
+        ] {
+            assert_eq!(verdict(nr, &[0, 0, 0]), Verdict::Allow, "nr {nr}");
+        }
+    }
+
+    #[test]
+    fn unconditional_denials_return_eperm() {
+        for nr in [
+            libc::SYS_mount,
+            libc::SYS_umount2,
+            libc::SYS_open_tree,
+            libc::SYS_move_mount,
+            libc::SYS_fsopen,
+            libc::SYS_fsconfig,
+            libc::SYS_fsmount,
+            libc::SYS_fspick,
+            libc::SYS_mount_setattr,
+            libc::SYS_pivot_root,
+            libc::SYS_chroot,
+            libc::SYS_ptrace,
+            libc::SYS_process_vm_readv,
+            libc::SYS_process_vm_writev,
+            libc::SYS_kexec_load,
+            libc::SYS_kexec_file_load,
+            libc::SYS_init_module,
+            libc::SYS_finit_module,
+            libc::SYS_delete_module,
+            libc::SYS_bpf,
+            libc::SYS_perf_event_open,
+            libc::SYS_add_key,
+            libc::SYS_request_key,
+            libc::SYS_keyctl,
+            libc::SYS_userfaultfd,
+            libc::SYS_io_uring_setup,
+            libc::SYS_io_uring_enter,
+            libc::SYS_io_uring_register,
+            libc::SYS_unshare,
+            libc::SYS_setns,
+            libc::SYS_open_by_handle_at,
+            libc::SYS_name_to_handle_at,
+            libc::SYS_reboot,
+            libc::SYS_swapon,
+            libc::SYS_swapoff,
+            libc::SYS_acct,
+            libc::SYS_quotactl,
+            libc::SYS_syslog,
+            libc::SYS_settimeofday,
+            libc::SYS_clock_settime,
+            libc::SYS_clock_adjtime,
+            libc::SYS_adjtimex,
+            libc::SYS_iopl,
+            libc::SYS_ioperm,
+            libc::SYS_uselib,
+            libc::SYS_vhangup,
+            libc::SYS_lookup_dcookie,
+            libc::SYS_nfsservctl,
+        ] {
+            assert_eq!(verdict(nr, &[u64::MAX; 6]), EPERM, "nr {nr}");
+        }
+    }
+
+    #[test]
+    fn clone3_and_openat2_return_enosys_so_libc_falls_back() {
+        assert_eq!(verdict(libc::SYS_clone3, &[0, 88]), ENOSYS);
+        assert_eq!(verdict(libc::SYS_openat2, &[AT_FDCWD, 0, 0, 24]), ENOSYS);
+    }
+
+    #[test]
+    fn clone_with_a_namespace_flag_is_refused() {
+        let sigchld = libc::SIGCHLD as u64;
+        for flag in [
+            libc::CLONE_NEWNS,
+            libc::CLONE_NEWUSER,
+            libc::CLONE_NEWPID,
+            libc::CLONE_NEWNET,
+            libc::CLONE_NEWIPC,
+            libc::CLONE_NEWUTS,
+            libc::CLONE_NEWCGROUP,
+            0x80, // CLONE_NEWTIME
+        ] {
+            let flags = flag as u64 | sigchld;
+            assert_eq!(verdict(libc::SYS_clone, &[flags]), EPERM, "{flags:#x}");
+        }
+        // Garbage in the high half does not hide a flag: the kernel reads the low 32 bits.
+        let high = (1u64 << 40) | libc::CLONE_NEWUSER as u64;
+        assert_eq!(verdict(libc::SYS_clone, &[high]), EPERM);
+    }
+
+    #[test]
+    fn clone_for_fork_and_threads_is_allowed() {
+        assert_eq!(
+            verdict(libc::SYS_clone, &[libc::SIGCHLD as u64]),
+            Verdict::Allow
+        );
+        // What glibc's pthread_create passes.
+        let thread = (libc::CLONE_VM
+            | libc::CLONE_FS
+            | libc::CLONE_FILES
+            | libc::CLONE_SIGHAND
+            | libc::CLONE_THREAD
+            | libc::CLONE_SYSVSEM
+            | libc::CLONE_SETTLS
+            | libc::CLONE_PARENT_SETTID
+            | libc::CLONE_CHILD_CLEARTID) as u64;
+        assert_eq!(verdict(libc::SYS_clone, &[thread]), Verdict::Allow);
+        // fork() in glibc.
+        let fork = (libc::CLONE_CHILD_SETTID | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD) as u64;
+        assert_eq!(verdict(libc::SYS_clone, &[fork]), Verdict::Allow);
+    }
+
+    #[test]
+    fn terminal_injection_ioctls_are_refused_and_others_allowed() {
+        let tiocsti = libc::TIOCSTI;
+        assert_eq!(verdict(libc::SYS_ioctl, &[0, tiocsti]), EPERM);
+        assert_eq!(verdict(libc::SYS_ioctl, &[0, 0x541C]), EPERM, "TIOCLINUX");
+        // High garbage bits do not bypass: the filter compares the low 32 bits, as the
+        // kernel does when it truncates `cmd` to unsigned int.
+        assert_eq!(verdict(libc::SYS_ioctl, &[0, (1 << 32) | tiocsti]), EPERM);
+        assert_eq!(verdict(libc::SYS_ioctl, &[0, libc::TCGETS]), Verdict::Allow);
+        assert_eq!(
+            verdict(libc::SYS_ioctl, &[0, libc::TIOCGWINSZ]),
+            Verdict::Allow
+        );
+    }
+
+    #[test]
+    fn personality_allows_dockers_harmless_values_only() {
+        for p in [0u64, 8, 0x20000, 0x20008, 0xffff_ffff] {
+            assert_eq!(
+                verdict(libc::SYS_personality, &[p]),
+                Verdict::Allow,
+                "{p:#x}"
+            );
+        }
+        // ADDR_NO_RANDOMIZE (setarch -R) and READ_IMPLIES_EXEC.
+        for p in [0x0040000u64, 0x0400000] {
+            assert_eq!(verdict(libc::SYS_personality, &[p]), EPERM, "{p:#x}");
+        }
+    }
+
+    /// (syscall, index of its mode argument).
+    const MODE_CALLS: &[(i64, usize)] = &[
+        (libc::SYS_chmod, 1),
+        (libc::SYS_fchmod, 1),
+        (libc::SYS_fchmodat, 2),
+        (libc::SYS_fchmodat2, 2),
+        (libc::SYS_open, 2),
+        (libc::SYS_openat, 3),
+        (libc::SYS_creat, 1),
+        (libc::SYS_mkdir, 1),
+        (libc::SYS_mkdirat, 2),
+        (libc::SYS_mknod, 1),
+        (libc::SYS_mknodat, 2),
+    ];
+
+    fn with_mode(nr: i64, index: usize, mode: u64) -> Verdict {
+        let mut args = [0u64; 6];
+        if matches!(index, 2 | 3) {
+            args[0] = AT_FDCWD;
+        }
+        if nr == libc::SYS_open || nr == libc::SYS_openat {
+            args[index - 1] = (libc::O_CREAT | libc::O_WRONLY) as u64;
+        }
+        args[index] = mode;
+        verdict(nr, &args)
+    }
+
+    #[test]
+    fn setuid_and_setgid_modes_are_refused() {
+        for &(nr, index) in MODE_CALLS {
+            for mode in [0o4755, 0o2755, 0o6755, 0o4000, 0o2000] {
+                assert_eq!(with_mode(nr, index, mode), EPERM, "nr {nr} mode {mode:o}");
+            }
+        }
+        assert_eq!(with_mode(libc::SYS_chmod, 1, 0o4755), EPERM, "chmod(04755)");
+    }
+
+    #[test]
+    fn plain_modes_are_allowed() {
+        for &(nr, index) in MODE_CALLS {
+            for mode in [0o755, 0o644, 0o1777, 0o600, 0] {
+                assert_eq!(
+                    with_mode(nr, index, mode),
+                    Verdict::Allow,
+                    "nr {nr} mode {mode:o}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn device_nodes_are_refused_fifos_and_files_allowed() {
+        for (nr, index) in [(libc::SYS_mknod, 1), (libc::SYS_mknodat, 2)] {
+            for kind in [libc::S_IFCHR, libc::S_IFBLK] {
+                let mode = u64::from(kind | 0o666);
+                assert_eq!(with_mode(nr, index, mode), EPERM, "nr {nr} mode {mode:o}");
+            }
+            for kind in [libc::S_IFIFO, libc::S_IFREG, libc::S_IFSOCK] {
+                let mode = u64::from(kind | 0o644);
+                assert_eq!(
+                    with_mode(nr, index, mode),
+                    Verdict::Allow,
+                    "nr {nr} mode {mode:o}"
+                );
+            }
+        }
+    }
 }
