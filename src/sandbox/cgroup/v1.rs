@@ -538,6 +538,30 @@ mod tests {
         }
 
         #[test]
+        fn a_real_kill_empties_a_job_of_many_processes_with_and_without_the_freezer() {
+            let Some(h) = host_v1() else { return };
+            for use_freezer in [true, false] {
+                let mut job = h.create_job(None, &unique("many"), &LIMITS).unwrap();
+                if !use_freezer && let JobKind::V1(paths) = &mut job.kind {
+                    paths.freezer = None;
+                }
+                let mut child = gated("for i in 1 2 3 4 5; do sleep 30 & done; wait");
+                job.attach(child.id() as i32).unwrap();
+                open_gate(&mut child);
+                let memory = job.paths()[0].clone();
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while procs_of(&memory).len() < 6 && Instant::now() < deadline {
+                    sleep(Duration::from_millis(5));
+                }
+                assert_eq!(procs_of(&memory).len(), 6);
+                job.kill().unwrap();
+                assert!(job.paths().iter().all(|d| procs_of(d).is_empty()));
+                assert_eq!(child.wait().unwrap().signal(), Some(9));
+                job.remove().unwrap();
+            }
+        }
+
+        #[test]
         fn a_real_fork_past_pids_max_is_counted() {
             let Some(h) = host_v1() else { return };
             let limits = CgroupLimits {

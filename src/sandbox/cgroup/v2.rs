@@ -5,8 +5,9 @@
 //! parent holds processes: the "no internal processes" rule), the v2 limit files, and
 //! `cgroup.kill`.
 //!
-//! Must never: move any process but this one, or enable a controller the parent does not
-//! offer in `cgroup.controllers`.
+//! Must never: move any process but this one (and this one only out of the parent it is
+//! creating jobs in), or enable a controller the parent does not offer in
+//! `cgroup.controllers`.
 //!
 //! Not verified on a real kernel in CI (the CI host is hybrid, its cgroup2 has no memory or
 //! pids): these paths run against the fake tree of `fs::fake`.
@@ -168,7 +169,10 @@ impl V2 {
         if missing.is_empty() {
             return Ok(());
         }
-        if !fs::procs(&base.join("cgroup.procs"))?.is_empty() {
+        let pid = std::process::id();
+        // Only our own presence can be fixed here; anyone else's makes the write below fail
+        // with EBUSY, and the error names the file.
+        if fs::procs(&base.join("cgroup.procs"))?.contains(&(pid as i32)) {
             let leaf = base.join(SUPERVISOR_LEAF);
             match job.ops.mkdir(&leaf) {
                 Err(CgroupError::CreateDir { source, .. })
@@ -176,7 +180,6 @@ impl V2 {
                 other => other?,
             }
             let file = leaf.join("cgroup.procs");
-            let pid = std::process::id();
             fs::write_file(&file, &pid.to_string())
                 .map_err(|source| CgroupError::MoveSupervisor { file, pid, source })?;
         }
@@ -362,7 +365,7 @@ mod tests {
 
     #[test]
     fn the_supervisor_moves_into_a_leaf_before_enabling_controllers_in_a_busy_parent() {
-        let f = fake_v2("4242\n", "", Faults::default());
+        let f = fake_v2(&format!("{}\n", std::process::id()), "", Faults::default());
         let job = f.hierarchy.create_job(None, "job-1", &limits()).unwrap();
         let leaf_procs = f.read(&format!("{SERVICE}/{SUPERVISOR_LEAF}/cgroup.procs"));
         assert_eq!(leaf_procs, std::process::id().to_string());
@@ -382,6 +385,13 @@ mod tests {
             f.read(&format!("{SERVICE}/cgroup.subtree_control")),
             "+memory +pids +cpu"
         );
+    }
+
+    #[test]
+    fn a_parent_busy_with_other_processes_does_not_pull_the_supervisor_in() {
+        let f = fake_v2("4242\n", "", Faults::default());
+        let _job = f.hierarchy.create_job(None, "job-1", &limits()).unwrap();
+        assert!(!f.path(SERVICE).join(SUPERVISOR_LEAF).exists());
     }
 
     #[test]
@@ -559,7 +569,7 @@ mod tests {
 
     #[test]
     fn stale_jobs_with_the_prefix_are_removed_and_everything_else_kept() {
-        let f = fake_v2("4242\n", "", Faults::default());
+        let f = fake_v2(&format!("{}\n", std::process::id()), "", Faults::default());
         let a = f
             .hierarchy
             .create_job(None, "execbox-a", &limits())
