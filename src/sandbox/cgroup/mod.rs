@@ -237,11 +237,17 @@ impl Hierarchy {
         validate_name(name)?;
         let parent = parent.map(clean_parent).transpose()?;
         let cpu_quota = limits.cpu.map(cpu_quota_us).transpose()?;
+        let spec = JobSpec {
+            parent: parent.as_deref(),
+            name,
+            limits,
+            cpu_quota,
+        };
         let mut job = JobCgroup::empty(self.ops, self.warnings_for(limits));
         // On any error below, `job` is dropped and removes every directory it created.
         match &self.backend {
-            Backend::V1(v1) => v1.create(&mut job, parent.as_deref(), name, limits, cpu_quota)?,
-            Backend::V2(v2) => v2.create(&mut job, parent.as_deref(), name, limits, cpu_quota)?,
+            Backend::V1(v1) => v1.create(&mut job, &spec)?,
+            Backend::V2(v2) => v2.create(&mut job, &spec)?,
         }
         Ok(job)
     }
@@ -310,6 +316,18 @@ impl Hierarchy {
         self.ops = DirOps::Fake(faults);
         self
     }
+}
+
+/// A validated `create_job` request, as the backends receive it.
+#[derive(Debug, Clone, Copy)]
+struct JobSpec<'a> {
+    /// Already cleaned by [`clean_parent`]: plain components only.
+    parent: Option<&'a Path>,
+    /// Already checked by [`validate_name`].
+    name: &'a str,
+    limits: &'a CgroupLimits,
+    /// From [`cpu_quota_us`].
+    cpu_quota: Option<u64>,
 }
 
 /// One job's cgroup (one directory per v1 hierarchy, or one v2 directory); removed on drop.

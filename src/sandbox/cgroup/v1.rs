@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::fs;
 use super::{
-    CPU_PERIOD_US, CgroupError, CgroupLimits, JobCgroup, JobKind, LimitEvents, Mount, OwnCgroup,
-    Usage,
+    CPU_PERIOD_US, CgroupError, JobCgroup, JobKind, JobSpec, LimitEvents, Mount, OwnCgroup, Usage,
 };
 
 /// How long `kill` waits for the freezer to report `FROZEN` before signalling anyway.
@@ -147,20 +146,13 @@ impl V1 {
         }
     }
 
-    pub(crate) fn create(
-        &self,
-        job: &mut JobCgroup,
-        parent: Option<&Path>,
-        name: &str,
-        limits: &CgroupLimits,
-        cpu_quota: Option<u64>,
-    ) -> Result<(), CgroupError> {
-        let paths = self.job_paths(parent, name);
+    pub(crate) fn create(&self, job: &mut JobCgroup, spec: &JobSpec) -> Result<(), CgroupError> {
+        let paths = self.job_paths(spec.parent, spec.name);
         for dir in paths.distinct() {
             job.mkdir(&dir)?;
         }
 
-        if let Some(bytes) = limits.memory {
+        if let Some(bytes) = spec.limits.memory {
             let bytes = bytes.to_string();
             fs::write_limit(paths.memory.join("memory.limit_in_bytes"), &bytes)?;
             let memsw = paths.memory.join("memory.memsw.limit_in_bytes");
@@ -177,10 +169,10 @@ impl V1 {
                 );
             }
         }
-        if let Some(pids) = limits.pids {
+        if let Some(pids) = spec.limits.pids {
             fs::write_limit(paths.pids.join("pids.max"), &pids.to_string())?;
         }
-        if let (Some(quota), Some(cpu)) = (cpu_quota, &paths.cpu) {
+        if let (Some(quota), Some(cpu)) = (spec.cpu_quota, &paths.cpu) {
             fs::write_limit(cpu.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
             fs::write_limit(cpu.join("cpu.cfs_quota_us"), &quota.to_string())?;
         }
@@ -303,9 +295,9 @@ mod tests {
     use std::fs::{read_to_string, write};
 
     use super::*;
-    use crate::sandbox::cgroup::Hierarchy;
     use crate::sandbox::cgroup::fs::fake::{self, Faults};
     use crate::sandbox::cgroup::tests::{HYBRID_CGROUP, HYBRID_MOUNTINFO};
+    use crate::sandbox::cgroup::{CgroupLimits, Hierarchy};
 
     /// This machine's hybrid layout as a fake tree (the v2 part offers nothing).
     fn fake_hybrid(faults: Faults) -> (tempfile::TempDir, Hierarchy) {

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use super::fs::{self, read_file};
 use super::{
-    CPU_PERIOD_US, CgroupError, CgroupLimits, JobCgroup, JobKind, LimitEvents, Mount, OwnCgroup,
+    CPU_PERIOD_US, CgroupError, JobCgroup, JobKind, JobSpec, LimitEvents, Mount, OwnCgroup,
     SUPERVISOR_LEAF, Usage,
 };
 
@@ -99,15 +99,8 @@ impl V2 {
         parent.map_or_else(|| self.own.clone(), |p| self.mount.join(p))
     }
 
-    pub(crate) fn create(
-        &self,
-        job: &mut JobCgroup,
-        parent: Option<&Path>,
-        name: &str,
-        limits: &CgroupLimits,
-        cpu_quota: Option<u64>,
-    ) -> Result<(), CgroupError> {
-        let base = self.base(parent);
+    pub(crate) fn create(&self, job: &mut JobCgroup, spec: &JobSpec) -> Result<(), CgroupError> {
+        let base = self.base(spec.parent);
         let offered = controllers(&base.join("cgroup.controllers"))?;
         let offers = |c: &str| offered.iter().any(|o| o == c);
         if let Some(missing) = REQUIRED.iter().find(|c| !offers(c)) {
@@ -116,7 +109,7 @@ impl V2 {
                 controller: (*missing).to_owned(),
             });
         }
-        if cpu_quota.is_some() && !offers("cpu") {
+        if spec.cpu_quota.is_some() && !offers("cpu") {
             job.warnings.push(format!(
                 "cpu not offered in {}: cpu limit not applied",
                 base.display()
@@ -124,11 +117,11 @@ impl V2 {
         }
         self.enable_controllers(job, &base, &offers)?;
 
-        let dir = base.join(name);
+        let dir = base.join(spec.name);
         job.mkdir(&dir)?;
         job.kind = JobKind::V2(Job { dir: dir.clone() });
 
-        if let Some(bytes) = limits.memory {
+        if let Some(bytes) = spec.limits.memory {
             fs::write_limit(dir.join("memory.max"), &bytes.to_string())?;
         }
         let swap = dir.join("memory.swap.max");
@@ -142,10 +135,10 @@ impl V2 {
         }
         // On OOM kill the whole job, not one process of it: a half-killed job lies.
         fs::write_limit(dir.join("memory.oom.group"), "1")?;
-        if let Some(pids) = limits.pids {
+        if let Some(pids) = spec.limits.pids {
             fs::write_limit(dir.join("pids.max"), &pids.to_string())?;
         }
-        if let (Some(quota), true) = (cpu_quota, offers("cpu")) {
+        if let (Some(quota), true) = (spec.cpu_quota, offers("cpu")) {
             fs::write_limit(dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
         }
         Ok(())
@@ -254,8 +247,8 @@ mod tests {
     use std::fs::{read_to_string, write};
 
     use super::*;
-    use crate::sandbox::cgroup::Hierarchy;
     use crate::sandbox::cgroup::fs::fake::{self, Faults};
+    use crate::sandbox::cgroup::{CgroupLimits, Hierarchy};
 
     /// Files every fake cgroup has; new cgroups copy them (empty) from their parent.
     const IFACE: [&str; 11] = [
