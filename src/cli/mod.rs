@@ -33,7 +33,18 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
-    let cli = Cli::parse();
+    // Usage errors are bad input: one line naming the problem, exit 125 (as `docker run`).
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("execbox: {first}; see `execbox --help`");
+            return ExitCode::from(125);
+        }
+        Err(e) => e.exit(),
+    };
     match cli.command {
         Commands::Run(args) => run::run(args),
     }

@@ -259,7 +259,12 @@ pub fn run(args: RunArgs) -> ExitCode {
         cgroup_parent: args.cgroup_parent.clone(),
         sandbox_id: args.sandbox_id,
         stdin,
-        job_name: format!("execbox-run-{}-{}", std::process::id(), nanos()),
+        job_name: format!(
+            "{}{}-{}",
+            sandbox::RUN_JOB_PREFIX,
+            std::process::id(),
+            nanos()
+        ),
     };
 
     // Ctrl-C / SIGTERM: first one asks the command to stop, the second kills the job.

@@ -26,7 +26,7 @@ use serde::Serialize;
 
 use crate::profile::{Degradation, Limits, SandboxProfile};
 
-pub use spawn::run;
+pub use spawn::{RUN_JOB_PREFIX, run};
 
 /// Everything needed to run one command.
 #[derive(Debug)]

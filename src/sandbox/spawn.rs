@@ -113,6 +113,7 @@ fn create_cgroup(spec: &JobSpec) -> Result<(Hierarchy, JobCgroup), SetupError> {
             "not root and no delegated --cgroup-parent given".into(),
         )));
     }
+    sweep_stale(&hierarchy, spec.cgroup_parent.as_deref());
     let limits = CgroupLimits {
         memory: spec.limits.memory,
         pids: spec.limits.pids,
@@ -122,6 +123,25 @@ fn create_cgroup(spec: &JobSpec) -> Result<(Hierarchy, JobCgroup), SetupError> {
         .create_job(spec.cgroup_parent.as_deref(), &spec.job_name, &limits)
         .map_err(SetupError::Cgroup)?;
     Ok((hierarchy, job))
+}
+
+/// Prefix of the job cgroups `execbox run` creates: `execbox-run-<supervisor pid>-<nanos>`.
+pub const RUN_JOB_PREFIX: &str = "execbox-run-";
+
+/// Removes job cgroups left by an `execbox run` that was SIGKILLed (its sandbox died with it
+/// through the parent-death signal, but nothing could remove the empty cgroup). A job is stale
+/// when the supervisor pid in its name no longer exists.
+fn sweep_stale(hierarchy: &Hierarchy, parent: Option<&std::path::Path>) {
+    let removed = hierarchy.remove_stale_where(parent, RUN_JOB_PREFIX, |name| {
+        let pid = name[RUN_JOB_PREFIX.len()..]
+            .split('-')
+            .next()
+            .and_then(|p| p.parse::<u32>().ok());
+        pid.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+    });
+    for dir in removed {
+        tracing::info!(cgroup = %dir.display(), "removed a stale job cgroup");
+    }
 }
 
 /// What the relay observed.

@@ -19,8 +19,10 @@ pub struct Errno(pub i32);
 
 impl Errno {
     fn last() -> Errno {
-        // SAFETY: __errno_location returns the calling thread's errno slot, always valid.
-        Errno(unsafe { *libc::__errno_location() })
+        // SAFETY: __errno_location has no preconditions.
+        let slot = unsafe { libc::__errno_location() };
+        // SAFETY: it returns the calling thread's errno slot, always valid to read.
+        Errno(unsafe { *slot })
     }
 
     /// The symbolic name and description, for messages (allocation is fine: parent side only).
@@ -348,7 +350,9 @@ pub fn send_byte_with_fd(
         msg.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as usize;
         // SAFETY: msg_control points to a buffer of msg_controllen bytes, so the first header
         // is in bounds.
-        let cmsg = unsafe { &mut *libc::CMSG_FIRSTHDR(&msg) };
+        let first = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+        // SAFETY: non-null (the buffer holds at least one header) and exclusively ours.
+        let cmsg = unsafe { &mut *first };
         cmsg.cmsg_level = libc::SOL_SOCKET;
         cmsg.cmsg_type = libc::SCM_RIGHTS;
         // SAFETY: pure computation.

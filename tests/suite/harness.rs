@@ -7,11 +7,15 @@ use std::process::{Command, Output, Stdio};
 pub const EXECBOX: &str = env!("CARGO_BIN_EXE_execbox");
 
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 pub fn is_root() -> bool {
-    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
 }
 
 /// A test that cannot run here: a failure under EXECBOX_REQUIRE_ALL=1, otherwise a visible skip.
@@ -38,7 +42,12 @@ pub struct Ws {
 
 impl Ws {
     pub fn new() -> Ws {
-        Ws { dir: tempfile::Builder::new().prefix("execbox-test-").tempdir().unwrap() }
+        Ws {
+            dir: tempfile::Builder::new()
+                .prefix("execbox-test-")
+                .tempdir()
+                .unwrap(),
+        }
     }
     pub fn path(&self) -> &Path {
         self.dir.path()
@@ -52,7 +61,11 @@ pub fn run_in(ws: &Path, extra: &[&str], argv: &[&str]) -> Output {
 
 pub fn cmd_in(ws: &Path, extra: &[&str], argv: &[&str]) -> Command {
     let mut c = Command::new(EXECBOX);
-    c.arg("run").arg("--policy").arg(fixture("open.toml")).arg("--workspace").arg(ws);
+    c.arg("run")
+        .arg("--policy")
+        .arg(fixture("open.toml"))
+        .arg("--workspace")
+        .arg(ws);
     c.args(extra).arg("--").args(argv);
     c.stdin(Stdio::null());
     c
@@ -75,14 +88,24 @@ pub fn stdout(o: &Output) -> String {
 /// Asserts success and returns stdout.
 #[track_caller]
 pub fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "status {:?}\nstdout: {}\nstderr: {}", o.status, text(&o.stdout), text(&o.stderr));
+    assert!(
+        o.status.success(),
+        "status {:?}\nstdout: {}\nstderr: {}",
+        o.status,
+        text(&o.stdout),
+        text(&o.stderr)
+    );
     stdout(o)
 }
 
 /// Parses the one JSON line `--json` writes on stderr (the last line).
 pub fn json_report(o: &Output) -> serde_json::Value {
     let err = text(&o.stderr);
-    let line = err.lines().rev().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no JSON report in: {err}"));
+    let line = err
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON report in: {err}"));
     serde_json::from_str(line).unwrap()
 }
 
@@ -108,5 +131,9 @@ pub fn py(code: &str) -> Output {
 
 /// The same snippet on the host (the positive control that the probe itself works).
 pub fn py_host(code: &str) -> Output {
-    Command::new("/usr/bin/python3").arg("-c").arg(code).output().unwrap()
+    Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(code)
+        .output()
+        .unwrap()
 }

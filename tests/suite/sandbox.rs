@@ -13,11 +13,24 @@ use super::harness::*;
 #[test]
 fn workspace_is_writable_and_the_system_is_not() {
     let ws = Ws::new();
-    let o = run_in(ws.path(), &[], &["/bin/sh", "-c", "echo data > made-here && cat made-here"]);
+    let o = run_in(
+        ws.path(),
+        &[],
+        &["/bin/sh", "-c", "echo data > made-here && cat made-here"],
+    );
     assert_eq!(ok(&o), "data\n");
-    assert!(ws.path().join("made-here").exists(), "the write reached the host workspace");
+    assert!(
+        ws.path().join("made-here").exists(),
+        "the write reached the host workspace"
+    );
 
-    for target in ["/usr/escape", "/etc/escape", "/escape", "/dev/escape", "/proc/sys/kernel/hostname"] {
+    for target in [
+        "/usr/escape",
+        "/etc/escape",
+        "/escape",
+        "/dev/escape",
+        "/proc/sys/kernel/hostname",
+    ] {
         let o = sh(&format!("echo x > {target}"));
         assert!(!o.status.success(), "{target} must not be writable");
     }
@@ -26,20 +39,49 @@ fn workspace_is_writable_and_the_system_is_not() {
 #[test]
 fn host_secrets_and_homes_are_not_visible() {
     // Positive control: the view has what commands need.
-    assert_eq!(ok(&sh("test -r /etc/passwd && test -x /usr/bin/env && echo yes")), "yes\n");
-    for p in ["/etc/shadow", "/root", "/home", "/var", "/run", "/sys", "/etc/ssh", "/boot"] {
+    assert_eq!(
+        ok(&sh(
+            "test -r /etc/passwd && test -x /usr/bin/env && echo yes"
+        )),
+        "yes\n"
+    );
+    for p in [
+        "/etc/shadow",
+        "/root",
+        "/home",
+        "/var",
+        "/run",
+        "/sys",
+        "/etc/ssh",
+        "/boot",
+    ] {
         let o = sh(&format!("ls -d {p}"));
-        assert!(!o.status.success(), "{p} must not exist in the sandbox: {}", stdout(&o));
+        assert!(
+            !o.status.success(),
+            "{p} must not exist in the sandbox: {}",
+            stdout(&o)
+        );
     }
     // The host's /tmp is not the sandbox's /tmp.
-    let marker = tempfile::Builder::new().prefix("execbox-host-only-").tempfile_in("/tmp").unwrap();
-    let name = marker.path().file_name().unwrap().to_string_lossy().to_string();
+    let marker = tempfile::Builder::new()
+        .prefix("execbox-host-only-")
+        .tempfile_in("/tmp")
+        .unwrap();
+    let name = marker
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
     assert!(!sh(&format!("test -e /tmp/{name}")).status.success());
 }
 
 #[test]
 fn tmp_is_private_and_writable() {
-    assert_eq!(ok(&sh("echo t > /tmp/x && cat /tmp/x && stat -c %a /tmp")), "t\n1777\n");
+    assert_eq!(
+        ok(&sh("echo t > /tmp/x && cat /tmp/x && stat -c %a /tmp")),
+        "t\n1777\n"
+    );
 }
 
 #[test]
@@ -49,13 +91,23 @@ fn git_hooks_and_config_stay_read_only_inside_a_writable_workspace() {
     std::fs::write(ws.path().join(".git/config"), "[core]\n").unwrap();
     std::fs::create_dir_all(ws.path().join(".git/objects")).unwrap();
     // Positive control: the rest of .git is writable.
-    ok(&run_in(ws.path(), &[], &["/bin/sh", "-c", "echo x > .git/objects/ok"]));
-    for script in ["echo evil > .git/hooks/pre-commit", "echo '[alias]' >> .git/config"] {
+    ok(&run_in(
+        ws.path(),
+        &[],
+        &["/bin/sh", "-c", "echo x > .git/objects/ok"],
+    ));
+    for script in [
+        "echo evil > .git/hooks/pre-commit",
+        "echo '[alias]' >> .git/config",
+    ] {
         let o = run_in(ws.path(), &[], &["/bin/sh", "-c", script]);
         assert!(!o.status.success(), "{script} must fail");
     }
     assert!(!ws.path().join(".git/hooks/pre-commit").exists());
-    assert_eq!(std::fs::read_to_string(ws.path().join(".git/config")).unwrap(), "[core]\n");
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join(".git/config")).unwrap(),
+        "[core]\n"
+    );
 }
 
 #[test]
@@ -65,7 +117,15 @@ fn hidden_paths_show_nothing() {
     std::fs::write(ws.path().join("secret-dir/key"), "k").unwrap();
     std::fs::write(ws.path().join("secret.env"), "TOKEN=1").unwrap();
     std::fs::write(ws.path().join("visible"), "v").unwrap();
-    let o = run_in(ws.path(), &[], &["/bin/sh", "-c", "cat visible; cat secret-dir/key; cat secret.env; echo end"]);
+    let o = run_in(
+        ws.path(),
+        &[],
+        &[
+            "/bin/sh",
+            "-c",
+            "cat visible; cat secret-dir/key; cat secret.env; echo end",
+        ],
+    );
     assert_eq!(stdout(&o), "vend\n");
 }
 
@@ -78,13 +138,25 @@ fn files_created_in_the_workspace_belong_to_its_owner() {
     }
     let ws = Ws::new();
     std::os::unix::fs::chown(ws.path(), Some(4242), Some(4343)).unwrap();
-    let o = run_in(ws.path(), &[], &["/bin/sh", "-c", "id -u; id -g; mkdir d; echo x > d/f; cat /proc/self/uid_map"]);
+    let o = run_in(
+        ws.path(),
+        &[],
+        &[
+            "/bin/sh",
+            "-c",
+            "id -u; id -g; mkdir d; echo x > d/f; cat /proc/self/uid_map",
+        ],
+    );
     let out = ok(&o);
     assert!(out.starts_with("4242\n4343\n"), "{out}");
     let meta = std::fs::metadata(ws.path().join("d/f")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (4242, 4343));
     // Host root is never mapped in.
-    assert!(!out.lines().any(|l| l.split_whitespace().nth(1) == Some("0")), "uid_map maps host root: {out}");
+    assert!(
+        !out.lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("0")),
+        "uid_map maps host root: {out}"
+    );
 }
 
 #[test]
@@ -93,7 +165,15 @@ fn a_root_owned_workspace_is_usable_without_mapping_host_root() {
         return;
     }
     let ws = Ws::new();
-    let o = run_in(ws.path(), &[], &["/bin/sh", "-c", "echo x > f && cat /proc/self/uid_map /proc/self/gid_map"]);
+    let o = run_in(
+        ws.path(),
+        &[],
+        &[
+            "/bin/sh",
+            "-c",
+            "echo x > f && cat /proc/self/uid_map /proc/self/gid_map",
+        ],
+    );
     let out = ok(&o);
     // Inside 0 is an unprivileged host id, never host 0.
     for line in out.lines() {
@@ -116,9 +196,17 @@ fn host_root_files_are_not_root_inside() {
     let ws = Ws::new();
     std::os::unix::fs::chown(ws.path(), Some(4242), Some(4242)).unwrap();
     std::fs::write(ws.path().join("root-only"), "secret").unwrap();
-    std::fs::set_permissions(ws.path().join("root-only"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(
+        ws.path().join("root-only"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     std::fs::write(ws.path().join("shared"), "public").unwrap();
-    let o = run_in(ws.path(), &[], &["/bin/sh", "-c", "cat shared; cat root-only"]);
+    let o = run_in(
+        ws.path(),
+        &[],
+        &["/bin/sh", "-c", "cat shared; cat root-only"],
+    );
     assert_eq!(stdout(&o), "public");
 }
 
@@ -134,26 +222,46 @@ fn a_setuid_binary_in_the_workspace_gains_nothing() {
         std::fs::copy("/usr/bin/id", &planted).unwrap();
         std::os::unix::fs::chown(&planted, Some(0), Some(0)).unwrap();
         std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o4755)).unwrap();
-        let o = run_in(ws.path(), &[], &["/bin/sh", "-c", "id -u; ./suid-id -u; grep CapEff /proc/self/status"]);
+        let o = run_in(
+            ws.path(),
+            &[],
+            &[
+                "/bin/sh",
+                "-c",
+                "id -u; ./suid-id -u; grep CapEff /proc/self/status",
+            ],
+        );
         let out = ok(&o);
         let lines: Vec<_> = out.lines().collect();
-        assert_eq!(lines[0], lines[1], "setuid changed the uid (owner {owner}): {out}");
+        assert_eq!(
+            lines[0], lines[1],
+            "setuid changed the uid (owner {owner}): {out}"
+        );
         assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
     }
 }
 
 #[test]
 fn the_sandbox_cannot_leave_setuid_files_or_devices() {
-    let o = sh("touch f; chmod 0755 f && echo plain-ok; chmod 4755 f && echo suid-set; chmod 2755 f && echo sgid-set; \
-                mknod dev c 1 3 && echo mknod-ok; stat -c %a f");
+    let o = sh(
+        "touch f; chmod 0755 f && echo plain-ok; chmod 4755 f && echo suid-set; chmod 2755 f && echo sgid-set; \
+                mknod dev c 1 3 && echo mknod-ok; stat -c %a f",
+    );
     let out = stdout(&o);
     assert!(out.contains("plain-ok"), "positive control: {out}");
-    assert!(!out.contains("suid-set") && !out.contains("sgid-set") && !out.contains("mknod-ok"), "{out}");
+    assert!(
+        !out.contains("suid-set") && !out.contains("sgid-set") && !out.contains("mknod-ok"),
+        "{out}"
+    );
     assert!(out.ends_with("755\n"), "{out}");
     // The open family too: O_CREAT with a setuid mode.
-    let o = py("import os\ntry:\n os.open('s', os.O_CREAT|os.O_WRONLY, 0o4755); print(oct(os.stat('s').st_mode & 0o7777))\nexcept PermissionError: print('refused')");
+    let o = py(
+        "import os\ntry:\n os.open('s', os.O_CREAT|os.O_WRONLY, 0o4755); print(oct(os.stat('s').st_mode & 0o7777))\nexcept PermissionError: print('refused')",
+    );
     assert_eq!(stdout(&o), "refused\n");
-    let o = py("import os\nos.open('p', os.O_CREAT|os.O_WRONLY, 0o755); print(oct(os.stat('p').st_mode & 0o777))");
+    let o = py(
+        "import os\nos.open('p', os.O_CREAT|os.O_WRONLY, 0o755); print(oct(os.stat('p').st_mode & 0o777))",
+    );
     assert_eq!(stdout(&o), "0o755\n");
 }
 
@@ -161,9 +269,14 @@ fn the_sandbox_cannot_leave_setuid_files_or_devices() {
 
 #[test]
 fn no_capabilities_no_new_privs_and_a_seccomp_filter() {
-    let out = ok(&sh("grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status"));
+    let out = ok(&sh(
+        "grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status",
+    ));
     for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
-        assert!(out.contains(&format!("{cap}:\t0000000000000000")), "{cap} not empty: {out}");
+        assert!(
+            out.contains(&format!("{cap}:\t0000000000000000")),
+            "{cap} not empty: {out}"
+        );
     }
     assert!(out.contains("NoNewPrivs:\t1"), "{out}");
     assert!(out.contains("Seccomp:\t2"), "{out}");
@@ -172,9 +285,20 @@ fn no_capabilities_no_new_privs_and_a_seccomp_filter() {
 #[test]
 fn new_namespaces_cannot_be_created() {
     // Positive control: the same tool works on the host.
-    let host = Command::new("unshare").args(["-U", "true"]).status().unwrap();
-    assert!(host.success(), "unshare -U must work on the host for this test to mean anything");
-    for args in ["unshare -U true", "unshare -n true", "unshare -m true", "unshare -p -f true"] {
+    let host = Command::new("unshare")
+        .args(["-U", "true"])
+        .status()
+        .unwrap();
+    assert!(
+        host.success(),
+        "unshare -U must work on the host for this test to mean anything"
+    );
+    for args in [
+        "unshare -U true",
+        "unshare -n true",
+        "unshare -m true",
+        "unshare -p -f true",
+    ] {
         let o = sh(args);
         assert!(!o.status.success(), "{args} succeeded in the sandbox");
     }
@@ -191,7 +315,9 @@ fn ptrace_is_refused() {
 
 #[test]
 fn the_command_runs_under_our_own_pid_1() {
-    let out = ok(&sh("echo $$; cat /proc/1/comm; ls /proc | grep -c '^[0-9]'"));
+    let out = ok(&sh(
+        "echo $$; cat /proc/1/comm; ls /proc | grep -c '^[0-9]'",
+    ));
     let lines: Vec<_> = out.lines().collect();
     assert_eq!(lines[0], "2", "{out}");
     assert_eq!(lines[1], "execbox", "{out}");
@@ -210,7 +336,11 @@ fn only_loopback_exists_and_tcp_is_refused_by_landlock() {
     assert_eq!(out, "lo\n");
     // TCP bind on loopback: allowed by the network namespace, refused by landlock.
     let tcp = "import socket\ns = socket.socket()\ntry:\n s.bind(('127.0.0.1', 0)); print('bound')\nexcept PermissionError: print('refused')";
-    assert_eq!(text(&py_host(tcp).stdout), "bound\n", "positive control on the host");
+    assert_eq!(
+        text(&py_host(tcp).stdout),
+        "bound\n",
+        "positive control on the host"
+    );
     assert_eq!(stdout(&py(tcp)), "refused\n");
     let connect = "import socket\ns = socket.socket()\ntry:\n s.connect(('127.0.0.1', 9)); print('connected')\nexcept PermissionError: print('refused')\nexcept OSError as e: print('other', e.errno)";
     assert_eq!(stdout(&py(connect)), "refused\n");
@@ -243,10 +373,18 @@ fn only_stdio_is_open_in_the_command() {
         fixture("open.toml").display(),
         ws.path().display()
     );
-    let o = Command::new("/bin/bash").arg("-c").arg(inner).stdin(Stdio::null()).output().unwrap();
+    let o = Command::new("/bin/bash")
+        .arg("-c")
+        .arg(inner)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     let out = ok(&o);
     let mut lines = out.lines();
-    assert!(lines.next().unwrap().contains('7'), "positive control: fd 7 is open in the parent: {out}");
+    assert!(
+        lines.next().unwrap().contains('7'),
+        "positive control: fd 7 is open in the parent: {out}"
+    );
     let inside: Vec<_> = lines.collect();
     // 0-2 and the directory ls itself opened.
     assert_eq!(inside, ["0", "1", "2", "3"], "{out}");
@@ -262,15 +400,24 @@ fn the_environment_is_clean() {
     let out = ok(&o);
     assert!(out.contains("GIVEN=yes"), "positive control: {out}");
     assert!(!out.contains("hunter2"), "host secret leaked: {out}");
-    let keys: Vec<_> = out.lines().filter_map(|l| l.split_once('=')).map(|(k, _)| k).collect();
+    let keys: Vec<_> = out
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, _)| k)
+        .collect();
     for k in &keys {
-        assert!(["PATH", "HOME", "LANG", "TERM", "GIVEN", "PWD"].contains(k), "unexpected {k} in {out}");
+        assert!(
+            ["PATH", "HOME", "LANG", "TERM", "GIVEN", "PWD"].contains(k),
+            "unexpected {k} in {out}"
+        );
     }
 }
 
 #[test]
 fn the_command_has_no_controlling_terminal() {
-    let out = ok(&py("import os\nprint(os.getsid(0) == os.getpid())\ntry:\n open('/dev/tty'); print('tty')\nexcept OSError: print('no tty')"));
+    let out = ok(&py(
+        "import os\nprint(os.getsid(0) == os.getpid())\ntry:\n open('/dev/tty'); print('tty')\nexcept OSError: print('no tty')",
+    ));
     assert_eq!(out, "True\nno tty\n");
 }
 
@@ -280,15 +427,27 @@ fn the_command_has_no_controlling_terminal() {
 fn the_wall_clock_limit_kills_the_whole_job() {
     let ws = Ws::new();
     let t = Instant::now();
-    let o = run_in(ws.path(), &["--timeout", "1s", "--json"], &["/bin/sh", "-c", "sleep 1001 & sleep 1002 & sleep 1003"]);
+    let o = run_in(
+        ws.path(),
+        &["--timeout", "1s", "--json"],
+        &["/bin/sh", "-c", "sleep 1001 & sleep 1002 & sleep 1003"],
+    );
     assert_eq!(o.status.code(), Some(124), "{}", text(&o.stderr));
     assert!(t.elapsed() < Duration::from_secs(5));
     assert_eq!(json_report(&o)["ending"]["kind"], "timeout");
     for m in ["sleep 1001", "sleep 1002", "sleep 1003"] {
-        assert!(host_processes_with(m).is_empty(), "{m} survived: {:?}", host_processes_with(m));
+        assert!(
+            host_processes_with(m).is_empty(),
+            "{m} survived: {:?}",
+            host_processes_with(m)
+        );
     }
     // Positive control: a command inside the limit is not touched.
-    ok(&run_in(ws.path(), &["--timeout", "5s"], &["/bin/sh", "-c", "sleep 0.2"]));
+    ok(&run_in(
+        ws.path(),
+        &["--timeout", "5s"],
+        &["/bin/sh", "-c", "sleep 0.2"],
+    ));
 }
 
 #[test]
@@ -296,18 +455,41 @@ fn background_processes_die_with_the_command() {
     let o = sh("sleep 1004 & echo started");
     assert_eq!(ok(&o), "started\n");
     std::thread::sleep(Duration::from_millis(100));
-    assert!(host_processes_with("sleep 1004").is_empty(), "{:?}", host_processes_with("sleep 1004"));
+    assert!(
+        host_processes_with("sleep 1004").is_empty(),
+        "{:?}",
+        host_processes_with("sleep 1004")
+    );
 }
 
 #[test]
 fn a_fork_bomb_is_stopped_by_the_pids_limit() {
     let ws = Ws::new();
-    let o = run_in(ws.path(), &["--pids", "32", "--json", "--timeout", "20s"], &["/bin/sh", "-c", "for i in $(seq 200); do sleep 5 & done 2>/dev/null; echo done"]);
+    let o = run_in(
+        ws.path(),
+        &["--pids", "32", "--json", "--timeout", "20s"],
+        &[
+            "/bin/sh",
+            "-c",
+            "for i in $(seq 200); do sleep 5 & done 2>/dev/null; echo done",
+        ],
+    );
     let r = json_report(&o);
-    assert!(r["limits"]["pids_max_hits"].as_u64().unwrap_or(0) > 0, "pids limit never hit: {r}");
+    assert!(
+        r["limits"]["pids_max_hits"].as_u64().unwrap_or(0) > 0,
+        "pids limit never hit: {r}"
+    );
     assert!(host_processes_with("sleep 5").len() < 40);
     // Positive control: a few processes are fine under the same limit.
-    let o = run_in(ws.path(), &["--pids", "32", "--json"], &["/bin/sh", "-c", "for i in 1 2 3 4 5; do true & done; wait; echo ok"]);
+    let o = run_in(
+        ws.path(),
+        &["--pids", "32", "--json"],
+        &[
+            "/bin/sh",
+            "-c",
+            "for i in 1 2 3 4 5; do true & done; wait; echo ok",
+        ],
+    );
     assert_eq!(ok(&o), "ok\n");
     assert_eq!(json_report(&o)["limits"]["pids_max_hits"], 0);
 }
@@ -316,12 +498,24 @@ fn a_fork_bomb_is_stopped_by_the_pids_limit() {
 fn a_memory_hog_is_oom_killed_and_reported() {
     let ws = Ws::new();
     let hog = "b = []\nwhile True: b.append(bytearray(16 << 20))";
-    let o = run_in(ws.path(), &["--memory", "64MiB", "--json"], &["/usr/bin/python3", "-c", hog]);
+    let o = run_in(
+        ws.path(),
+        &["--memory", "64MiB", "--json"],
+        &["/usr/bin/python3", "-c", hog],
+    );
     assert_eq!(o.status.code(), Some(137), "{}", text(&o.stderr));
     let r = json_report(&o);
     assert_eq!(r["ending"]["kind"], "out_of_memory", "{r}");
     // Positive control: 16 MiB fits in 64 MiB.
-    let o = run_in(ws.path(), &["--memory", "64MiB"], &["/usr/bin/python3", "-c", "b = bytearray(16 << 20); print(len(b))"]);
+    let o = run_in(
+        ws.path(),
+        &["--memory", "64MiB"],
+        &[
+            "/usr/bin/python3",
+            "-c",
+            "b = bytearray(16 << 20); print(len(b))",
+        ],
+    );
     assert_eq!(ok(&o), format!("{}\n", 16 << 20));
 }
 
@@ -329,7 +523,11 @@ fn a_memory_hog_is_oom_killed_and_reported() {
 fn output_is_capped_with_an_exact_truncation_count() {
     // The test profile caps each stream at 1 MiB.
     let ws = Ws::new();
-    let o = run_in(ws.path(), &["--json"], &["/bin/sh", "-c", "head -c 5242880 /dev/zero; echo err >&2"]);
+    let o = run_in(
+        ws.path(),
+        &["--json"],
+        &["/bin/sh", "-c", "head -c 5242880 /dev/zero; echo err >&2"],
+    );
     assert_eq!(o.stdout.len(), 1 << 20);
     let r = json_report(&o);
     assert_eq!(r["stdout_truncated"], 4 << 20);
@@ -340,16 +538,24 @@ fn output_is_capped_with_an_exact_truncation_count() {
 #[test]
 fn output_streams_while_the_command_runs() {
     let ws = Ws::new();
-    let mut child = cmd_in(ws.path(), &[], &["/bin/sh", "-c", "echo first; sleep 3; echo second"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = cmd_in(
+        ws.path(),
+        &[],
+        &["/bin/sh", "-c", "echo first; sleep 3; echo second"],
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
     let mut out = child.stdout.take().unwrap();
     let t = Instant::now();
     let mut buf = [0u8; 6];
     out.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"first\n");
-    assert!(t.elapsed() < Duration::from_secs(2), "first line arrived only after {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "first line arrived only after {:?}",
+        t.elapsed()
+    );
     assert!(child.wait().unwrap().success());
 }
 
@@ -363,15 +569,19 @@ fn exit_codes_follow_the_contract() {
     let o = run_in(ws.path(), &[], &["no-such-program-xyz"]);
     assert_eq!(o.status.code(), Some(126));
     let err = text(&o.stderr);
-    assert!(err.contains("no-such-program-xyz") && err.contains("fix:") && err.lines().count() == 1, "{err}");
+    assert!(
+        err.contains("no-such-program-xyz") && err.contains("fix:") && err.lines().count() == 1,
+        "{err}"
+    );
 }
 
 #[test]
 fn bad_input_gets_one_clear_line_and_creates_nothing() {
     let ws = Ws::new();
     let cases: &[(&[&str], i32, &str)] = &[
-        (&["--memory", "lots"], 2, "512MiB"),
-        (&["--timeout", "5 fortnights"], 2, "unknown unit"),
+        (&["--memory", "lots"], 125, "512MiB"),
+        (&["--timeout", "5 fortnights"], 125, "unknown unit"),
+        (&["--no-such-flag"], 125, "--no-such-flag"),
         (&["--pids", "0"], 125, "--pids"),
         (&["--env", "NOEQUALS"], 125, "KEY=VALUE"),
         (&["--workspace", "/nonexistent/dir"], 126, "workspace"),
@@ -380,15 +590,37 @@ fn bad_input_gets_one_clear_line_and_creates_nothing() {
     ];
     for (args, code, needle) in cases {
         let mut c = Command::new(EXECBOX);
-        c.arg("run").args(["--workspace"]).arg(ws.path());
+        c.arg("run");
+        if !args.contains(&"--workspace") {
+            c.arg("--workspace").arg(ws.path());
+        }
         c.args(*args).args(["--", "/bin/true"]);
         let o = c.output().unwrap();
-        assert_eq!(o.status.code(), Some(*code), "{args:?}: {}", text(&o.stderr));
-        assert!(text(&o.stderr).contains(needle), "{args:?}: {}", text(&o.stderr));
+        assert_eq!(
+            o.status.code(),
+            Some(*code),
+            "{args:?}: {}",
+            text(&o.stderr)
+        );
+        assert!(
+            text(&o.stderr).contains(needle),
+            "{args:?}: {}",
+            text(&o.stderr)
+        );
     }
     let bad = ws.path().join("bad.toml");
-    std::fs::write(&bad, "[profile]\nname = \"x\"\ndefault_verdict = \"allow\"\n[limits]\nmemroy = 1\n").unwrap();
-    let o = Command::new(EXECBOX).arg("run").arg("--policy").arg(&bad).args(["--", "/bin/true"]).output().unwrap();
+    std::fs::write(
+        &bad,
+        "[profile]\nname = \"x\"\ndefault_verdict = \"allow\"\n[limits]\nmemroy = 1\n",
+    )
+    .unwrap();
+    let o = Command::new(EXECBOX)
+        .arg("run")
+        .arg("--policy")
+        .arg(&bad)
+        .args(["--", "/bin/true"])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(125));
     let err = text(&o.stderr);
     assert!(err.contains("bad.toml") && err.contains("memroy"), "{err}");
@@ -398,34 +630,128 @@ fn bad_input_gets_one_clear_line_and_creates_nothing() {
 
 #[test]
 fn no_job_cgroups_are_left_behind() {
-    let before = job_cgroups();
-    ok(&sh("true"));
-    let _ = sh("exit 3");
+    // A parent cgroup of our own, so jobs of tests running in parallel do not interfere.
+    let parent = TestCgroupParent::new();
+    let arg = parent.relative.display().to_string();
     let ws = Ws::new();
-    let _ = run_in(ws.path(), &[], &["no-such-program-xyz"]);
-    let _ = run_in(ws.path(), &["--timeout", "200ms"], &["/bin/sleep", "5"]);
-    assert_eq!(job_cgroups(), before);
+    let with_parent = |argv: &[&str], extra: &[&str]| {
+        let mut args = vec!["--cgroup-parent", arg.as_str()];
+        args.extend_from_slice(extra);
+        run_in(ws.path(), &args, argv)
+    };
+    // Positive control: while a job runs, its cgroup exists under our parent.
+    let mut running = cmd_in(ws.path(), &["--cgroup-parent", &arg], &["/bin/sleep", "2"])
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while parent.children().is_empty() && t.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !parent.children().is_empty(),
+        "no job cgroup appeared under {:?}",
+        parent.dirs
+    );
+    running.kill().unwrap();
+    let _ = running.wait();
+
+    ok(&with_parent(&["/bin/true"], &[]));
+    let _ = with_parent(&["/bin/sh", "-c", "exit 3"], &[]);
+    let _ = with_parent(&["no-such-program-xyz"], &[]);
+    let _ = with_parent(&["/bin/sleep", "5"], &["--timeout", "200ms"]);
+    let _ = with_parent(
+        &["/bin/sh", "-c", "sleep 1005 & sleep 1006"],
+        &["--timeout", "300ms"],
+    );
+    // The killed `execbox run` above leaves its job's cgroup only if cleanup is broken; give
+    // the kernel a moment to finish tearing the namespace down.
+    let t = Instant::now();
+    while !parent.children().is_empty() && t.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(parent.children(), Vec::<String>::new());
 }
 
-/// Job cgroup directories (named `execbox-run-*`) anywhere under /sys/fs/cgroup, two levels of
-/// controllers deep is enough for both v1 and v2 layouts.
-fn job_cgroups() -> Vec<String> {
-    let mut found = vec![];
-    let mut stack = vec![std::path::PathBuf::from("/sys/fs/cgroup")];
-    while let Some(dir) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
-        for e in rd.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                let name = e.file_name().to_string_lossy().to_string();
-                if name.starts_with("execbox-run-") {
-                    found.push(e.path().display().to_string());
-                }
-                if dir.components().count() < 9 {
-                    stack.push(e.path());
-                }
+/// A fresh cgroup created in every hierarchy we may write to, below the delegated parent the
+/// environment names (EXECBOX_CGROUP_PARENT) or the root.
+struct TestCgroupParent {
+    relative: std::path::PathBuf,
+    dirs: Vec<std::path::PathBuf>,
+}
+
+impl TestCgroupParent {
+    fn new() -> TestCgroupParent {
+        let base = std::env::var("EXECBOX_CGROUP_PARENT").unwrap_or_default();
+        let name = format!(
+            "execbox-test-{}-{}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos()
+        );
+        let relative = std::path::Path::new(&base).join(&name);
+        let mut dirs = vec![];
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        for line in mounts.lines() {
+            let Some((pre, post)) = line.split_once(" - ") else {
+                continue;
+            };
+            if !post.starts_with("cgroup") {
+                continue;
+            }
+            let mount_point = pre.split_whitespace().nth(4).unwrap();
+            let dir = std::path::Path::new(mount_point)
+                .join(base.trim_start_matches('/'))
+                .join(&name);
+            if std::fs::create_dir(&dir).is_ok() {
+                dirs.push(dir);
             }
         }
+        assert!(
+            !dirs.is_empty(),
+            "could not create a test cgroup anywhere (base {base:?})"
+        );
+        TestCgroupParent { relative, dirs }
     }
-    found.sort();
-    found
+
+    fn children(&self) -> Vec<String> {
+        self.dirs
+            .iter()
+            .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path().display().to_string())
+            .collect()
+    }
+}
+
+impl Drop for TestCgroupParent {
+    fn drop(&mut self) {
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+// ---- host prerequisites -------------------------------------------------------------------------
+
+/// The sandbox fails closed when a layer is missing, so on a host without one the tests above
+/// fail with a setup error; this test names what is missing (and fails under
+/// EXECBOX_REQUIRE_ALL=1, as in CI, instead of only printing).
+#[test]
+fn host_has_every_kernel_feature_the_suite_needs() {
+    let abi =
+        text(&py_host("import ctypes\nprint(ctypes.CDLL(None).syscall(444, None, 0, 1))").stdout);
+    let abi: i64 = abi.trim().parse().unwrap_or(-1);
+    if abi < 6 {
+        missing(&format!("landlock ABI >= 6 (found {abi})"));
+    }
+    if !Command::new("unshare")
+        .args(["-U", "-r", "true"])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        missing("unprivileged user namespaces");
+    }
+    let cgroups = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if !cgroups.lines().any(|l| l.contains(" - cgroup")) {
+        missing("a mounted cgroup hierarchy");
+    }
 }

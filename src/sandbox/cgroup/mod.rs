@@ -225,10 +225,6 @@ impl Hierarchy {
         &self.warnings
     }
 
-    pub fn version(&self) -> u8 {
-        2
-    }
-
     /// Creates `name` below `parent` (or below this process's own cgroup when `None`) and
     /// applies `limits`. `parent` is relative to each v1 controller's mount point or to the v2
     /// mount root (a leading `/` means that root), and may not contain `..`.
@@ -272,6 +268,17 @@ impl Hierarchy {
     /// supervisor's, after a crash); returns the directories removed. Best effort: a directory
     /// that cannot be emptied or removed is left and not returned.
     pub fn remove_stale(&self, parent: Option<&Path>, prefix: &str) -> Vec<PathBuf> {
+        self.remove_stale_where(parent, prefix, |_| true)
+    }
+
+    /// Like [`Hierarchy::remove_stale`], for the names `is_stale` accepts (e.g. jobs whose
+    /// supervisor pid, encoded in the name, is gone).
+    pub fn remove_stale_where(
+        &self,
+        parent: Option<&Path>,
+        prefix: &str,
+        is_stale: impl Fn(&str) -> bool,
+    ) -> Vec<PathBuf> {
         if validate_name(prefix).is_err() {
             return Vec::new();
         }
@@ -291,6 +298,7 @@ impl Hierarchy {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if name.starts_with(prefix)
                     && name != SUPERVISOR_LEAF
+                    && is_stale(&name)
                     && entry.file_type().is_ok_and(|t| t.is_dir())
                 {
                     names.insert(name);
