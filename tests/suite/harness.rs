@@ -4,12 +4,17 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-pub const EXECBOX: &str = env!("CARGO_BIN_EXE_execbox");
+/// The binary under test. `EXECBOX_BIN` overrides the build path: `cargo xtask ci` copies the
+/// binary somewhere an unprivileged user can reach for its second pass.
+pub static EXECBOX: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    std::env::var("EXECBOX_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_execbox").to_string())
+});
 
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    let dir = std::env::var_os("EXECBOX_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"));
+    dir.join(name)
 }
 
 pub fn is_root() -> bool {
@@ -60,7 +65,7 @@ pub fn run_in(ws: &Path, extra: &[&str], argv: &[&str]) -> Output {
 }
 
 pub fn cmd_in(ws: &Path, extra: &[&str], argv: &[&str]) -> Command {
-    let mut c = Command::new(EXECBOX);
+    let mut c = Command::new(&*EXECBOX);
     c.arg("run")
         .arg("--policy")
         .arg(fixture("open.toml"))

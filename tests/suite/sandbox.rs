@@ -360,16 +360,10 @@ fn landlock_also_guards_paths_the_mounts_leave_writable() {
 #[test]
 fn only_stdio_is_open_in_the_command() {
     // Give execbox itself an extra inherited descriptor; the command must not see it.
-    let script = format!(
-        "exec 7</etc/hostname; exec {} run --policy {} --workspace /tmp -- /bin/ls /proc/self/fd",
-        EXECBOX,
-        fixture("open.toml").display()
-    );
-    let _ = script;
     let ws = Ws::new();
     let inner = format!(
         "exec 7</etc/hostname; ls /proc/self/fd | tr '\\n' ' '; echo; exec {} run --policy {} --workspace {} -- /bin/ls /proc/self/fd",
-        EXECBOX,
+        *EXECBOX,
         fixture("open.toml").display(),
         ws.path().display()
     );
@@ -589,7 +583,7 @@ fn bad_input_gets_one_clear_line_and_creates_nothing() {
         (&["--policy", "/nonexistent.toml"], 125, "policy"),
     ];
     for (args, code, needle) in cases {
-        let mut c = Command::new(EXECBOX);
+        let mut c = Command::new(&*EXECBOX);
         c.arg("run");
         if !args.contains(&"--workspace") {
             c.arg("--workspace").arg(ws.path());
@@ -614,7 +608,7 @@ fn bad_input_gets_one_clear_line_and_creates_nothing() {
         "[profile]\nname = \"x\"\ndefault_verdict = \"allow\"\n[limits]\nmemroy = 1\n",
     )
     .unwrap();
-    let o = Command::new(EXECBOX)
+    let o = Command::new(&*EXECBOX)
         .arg("run")
         .arg("--policy")
         .arg(&bad)

@@ -1,5 +1,49 @@
-//! Project automation (`cargo xtask …`), matklad's pattern.
+//! Project automation (`cargo xtask …`), matklad's pattern: plain Rust, no make.
+//!
+//! - `ci`: everything CI checks. If it passes locally, `.ci/run` passes.
+//! - `bench`: the published latency/throughput comparison (see docs/benchmarks.md).
 
-fn main() -> anyhow::Result<()> {
+mod bench;
+mod ci;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("ci") => ci::run(),
+        Some("bench") => bench::run(&args[1..]),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <task>\n\n\
+                 tasks:\n  ci      fmt, clippy, tests as root and as an unprivileged user (what .ci/run runs)\n  \
+                 bench   execbox vs bwrap vs unshare vs bare latency, and stdout throughput"
+            );
+            bail!("no task given")
+        }
+    }
+}
+
+pub fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Runs a command in the project root, failing with its name when it fails.
+pub fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    eprintln!("$ {shown}");
+    let status = cmd
+        .current_dir(project_root())
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed: {status}");
+    }
     Ok(())
 }

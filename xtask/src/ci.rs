@@ -1,0 +1,151 @@
+//! `cargo xtask ci`: formatting, lints, the whole test suite as root, then the sandbox suite
+//! again as an unprivileged user with a delegated cgroup subtree (the two ways execbox runs).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::{project_root, run_cmd};
+
+/// The unprivileged user of the second pass, and the cgroup subtree delegated to it.
+const CI_USER: &str = "execbox-ci";
+const CI_CGROUP: &str = "execbox-ci";
+
+pub fn run() -> Result<()> {
+    run_cmd(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))?;
+    run_cmd(Command::new("cargo").args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run_cmd(
+        Command::new("cargo")
+            .args(["test", "--workspace"])
+            .env("EXECBOX_REQUIRE_ALL", "1"),
+    )?;
+    if is_root() {
+        unprivileged_pass()?;
+    } else {
+        eprintln!("xtask ci: not root, so the root pass above was the unprivileged one");
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+/// Runs the integration suite as `execbox-ci`, with job cgroups under a subtree it owns.
+fn unprivileged_pass() -> Result<()> {
+    ensure_user()?;
+    let uid = String::from_utf8(Command::new("id").args(["-u", CI_USER]).output()?.stdout)?
+        .trim()
+        .to_string();
+    delegate_cgroups(&uid)?;
+
+    // Build the suite and find the test binary.
+    let out = Command::new("cargo")
+        .args(["test", "--test", "all", "--no-run", "--message-format=json"])
+        .current_dir(project_root())
+        .output()
+        .context("cargo test --no-run")?;
+    if !out.status.success() {
+        bail!("building the test binary failed");
+    }
+    let mut test_bin = None;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if line.contains("\"name\":\"all\"") && line.contains("\"executable\":\"") {
+            let exe = line
+                .split("\"executable\":\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next());
+            test_bin = exe.map(PathBuf::from);
+        }
+    }
+    let test_bin = test_bin.context("no test binary named `all` in cargo's output")?;
+
+    // Copy what the user needs to a place it can reach (the checkout may be under /root).
+    let stage = PathBuf::from(format!("/tmp/execbox-ci-stage-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&stage);
+    std::fs::create_dir_all(stage.join("fixtures"))?;
+    let bin = project_root().join("target/debug/execbox");
+    std::fs::copy(&bin, stage.join("execbox"))
+        .with_context(|| format!("copy {}", bin.display()))?;
+    std::fs::copy(&test_bin, stage.join("all"))?;
+    for f in std::fs::read_dir(project_root().join("tests/fixtures"))? {
+        let f = f?;
+        std::fs::copy(f.path(), stage.join("fixtures").join(f.file_name()))?;
+    }
+    run_cmd(Command::new("chmod").args(["-R", "a+rX"]).arg(&stage))?;
+
+    let result = run_cmd(
+        Command::new("runuser")
+            .args(["-u", CI_USER, "--", "env", "-i"])
+            .arg("PATH=/usr/local/bin:/usr/bin:/bin")
+            .arg("HOME=/tmp")
+            .arg("EXECBOX_REQUIRE_ALL=1")
+            .arg(format!("EXECBOX_CGROUP_PARENT={CI_CGROUP}"))
+            .arg(format!("EXECBOX_BIN={}", stage.join("execbox").display()))
+            .arg(format!(
+                "EXECBOX_FIXTURES={}",
+                stage.join("fixtures").display()
+            ))
+            .arg(stage.join("all"))
+            .arg("--test-threads=2"),
+    );
+    let _ = std::fs::remove_dir_all(&stage);
+    result
+}
+
+fn ensure_user() -> Result<()> {
+    if Command::new("id").arg(CI_USER).output()?.status.success() {
+        return Ok(());
+    }
+    run_cmd(Command::new("useradd").args([
+        "--system",
+        "--no-create-home",
+        "--shell",
+        "/usr/sbin/nologin",
+        CI_USER,
+    ]))
+}
+
+/// Creates `<mount>/execbox-ci` in every cgroup hierarchy and hands it to the user: what an
+/// operator does to let an unprivileged user run execbox with limits (docs/cgroups.md).
+fn delegate_cgroups(uid: &str) -> Result<()> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mut delegated = 0;
+    for line in mountinfo.lines() {
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
+        if !post.starts_with("cgroup") {
+            continue;
+        }
+        let Some(mount) = pre.split_whitespace().nth(4) else {
+            continue;
+        };
+        let dir = Path::new(mount).join(CI_CGROUP);
+        if !dir.exists() && std::fs::create_dir(&dir).is_err() {
+            continue;
+        }
+        run_cmd(
+            Command::new("chown")
+                .arg("-R")
+                .arg(format!("{uid}:{uid}"))
+                .arg(&dir),
+        )?;
+        delegated += 1;
+    }
+    if delegated == 0 {
+        bail!("no cgroup hierarchy to delegate to {CI_USER}");
+    }
+    Ok(())
+}
