@@ -22,9 +22,9 @@ const NAMESPACES: libc::c_int = libc::CLONE_NEWUSER
     | libc::CLONE_NEWIPC
     | libc::CLONE_NEWUTS;
 
-/// Bytes moved per splice/read call: large enough for throughput, small enough to stay fair
-/// between the two streams.
-const CHUNK: usize = 1 << 17;
+/// Bytes moved per splice/read call, and the size the output pipes are grown to: fewer
+/// wake-ups of the relay per byte (1 MiB is the default fs.pipe-max-size).
+const CHUNK: usize = 1 << 20;
 
 fn io(action: &'static str) -> impl FnOnce(std::io::Error) -> SetupError {
     move |source| SetupError::Io { action, source }
@@ -170,6 +170,10 @@ fn launch(
 ) -> Result<Relay, SetupError> {
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
+    for p in [&out_r, &err_r] {
+        // Best effort: a smaller pipe only costs throughput.
+        let _ = sys::set_pipe_size(p.as_fd(), CHUNK as libc::c_int);
+    }
     let (report_r, report_w) = pipe()?;
     let (sync_parent, sync_child) = UnixStream::pair().map_err(io("create a socket pair"))?;
     let devnull;

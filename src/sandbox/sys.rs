@@ -304,6 +304,12 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>) -> SysResult<()> {
         .map(drop)
 }
 
+/// `fcntl(F_SETPIPE_SZ)`: grows a pipe's buffer (best effort; capped by fs.pipe-max-size).
+pub fn set_pipe_size(fd: BorrowedFd<'_>, bytes: libc::c_int) -> SysResult<()> {
+    // SAFETY: fcntl on a borrowed fd with an integer argument.
+    check_int(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, bytes) }).map(drop)
+}
+
 /// `poll(2)` over `fds`; returns the number ready (0 on timeout). EINTR is reported as 0 ready.
 pub fn poll(fds: &mut [libc::pollfd], timeout_ms: libc::c_int) -> SysResult<usize> {
     // SAFETY: fds points to fds.len() initialised pollfd structs.

@@ -173,7 +173,13 @@ impl V1 {
             fs::write_limit(paths.pids.join("pids.max"), &pids.to_string())?;
         }
         if let (Some(quota), Some(cpu)) = (spec.cpu_quota, &paths.cpu) {
-            fs::write_limit(cpu.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+            // Rewriting the period costs milliseconds in the kernel even when unchanged, and a
+            // new cgroup already has the default: write it only when it differs.
+            let period = cpu.join("cpu.cfs_period_us");
+            let current = std::fs::read_to_string(&period).unwrap_or_default();
+            if current.trim() != CPU_PERIOD_US.to_string() {
+                fs::write_limit(period, &CPU_PERIOD_US.to_string())?;
+            }
             fs::write_limit(cpu.join("cpu.cfs_quota_us"), &quota.to_string())?;
         }
         job.kind = JobKind::V1(paths);
