@@ -749,3 +749,76 @@ fn host_has_every_kernel_feature_the_suite_needs() {
         missing("a mounted cgroup hierarchy");
     }
 }
+
+// ---- seccomp, probe by probe ---------------------------------------------------------------------
+
+/// Probes whose permitted call already fails with EPERM without a capability (the sandbox has
+/// none): their EPERM inside proves nothing about seccomp, so they are left out here and the
+/// filter logic for them is unit-tested in src/sandbox/seccomp.rs.
+const CAPABILITY_FIRST: &[&str] = &[
+    "fsopen",
+    "fsmount",
+    "fspick",
+    "move_mount",
+    "pivot_root",
+    "reboot",
+    "swapoff",
+    "acct",
+    "syslog",
+];
+
+#[test]
+fn every_denied_syscall_is_refused_by_seccomp_and_works_unfiltered() {
+    let probe =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probes/try_syscall.py");
+    let ws = Ws::new();
+    let local = ws.path().join("try_syscall.py");
+    std::fs::copy(&probe, &local).unwrap();
+    // Positive control: without a filter no probe looks filtered (the script checks itself).
+    let host = Command::new("/usr/bin/python3")
+        .arg(&local)
+        .arg("--self-test")
+        .env("PROBE_DIR", ws.path())
+        .output()
+        .unwrap();
+    assert!(
+        host.status.success(),
+        "self-test on the host: {}{}",
+        text(&host.stdout),
+        text(&host.stderr)
+    );
+
+    let names = text(
+        &Command::new("/usr/bin/python3")
+            .arg(&local)
+            .arg("--list")
+            .output()
+            .unwrap()
+            .stdout,
+    );
+    let names: Vec<&str> = names
+        .split_whitespace()
+        .filter(|n| !CAPABILITY_FIRST.contains(n))
+        .collect();
+    let mut argv = vec!["/usr/bin/python3", "try_syscall.py"];
+    argv.extend(names.iter().copied());
+    let o = run_in(
+        ws.path(),
+        &["--env", &format!("PROBE_DIR={}", ws.path().display())],
+        &argv,
+    );
+    let out = ok(&o);
+    for line in out.lines() {
+        let name = line.split_whitespace().next().unwrap();
+        let allowed = name == "chmod_plain" || name.ends_with("_plain");
+        if allowed {
+            assert!(line.contains("errno=0"), "positive control refused: {line}");
+        } else {
+            assert!(
+                line.contains("errno=EPERM") || line.contains("errno=ENOSYS"),
+                "not refused by seccomp: {line}"
+            );
+        }
+    }
+    assert_eq!(out.lines().count(), names.len(), "{out}");
+}
