@@ -352,6 +352,8 @@ struct StreamState {
     truncated: u64,
     /// Splice is not possible into this sink fd: use read/write.
     no_splice: bool,
+    /// The sink's fd was full at the last splice: wait for it to drain.
+    output_blocked: bool,
 }
 
 enum Supervised {
@@ -384,7 +386,13 @@ fn pump(
                     state.bytes += n as u64;
                     continue;
                 }
-                Err(Errno(libc::EAGAIN)) => return true,
+                Err(Errno(libc::EAGAIN)) => {
+                    // Either the command's pipe is empty or the reader's is full. In the
+                    // second case, wait for POLLOUT on the sink rather than spinning on input
+                    // that stays readable.
+                    state.output_blocked = !sys::writable_now(out.as_raw_fd());
+                    return true;
+                }
                 Err(Errno(libc::EINVAL)) => state.no_splice = true,
                 Err(_) => {
                     // The reader is gone (EPIPE): stop relaying; the command gets EPIPE too.
@@ -449,16 +457,24 @@ fn supervise(
             break;
         }
         let mut fds = Vec::with_capacity(5);
-        let mut push = |fd: RawFd| {
-            fds.push(libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            });
-            fds.len() - 1
+        // A stream whose reader is full waits for POLLOUT on the sink instead of POLLIN.
+        let mut watch = |state: &StreamState, stream: Stream| {
+            let fd = state.fd.as_ref()?.as_raw_fd();
+            match sink.splice_target(stream).filter(|_| state.output_blocked) {
+                Some(out) => {
+                    fds.push(libc::pollfd {
+                        fd: out.as_raw_fd(),
+                        events: libc::POLLOUT,
+                        revents: 0,
+                    });
+                    Some(fds.len() - 1)
+                }
+                None => Some(push_fd(&mut fds, fd)),
+            }
         };
-        let i_out = out.fd.as_ref().map(|f| push(f.as_raw_fd()));
-        let i_err = err.fd.as_ref().map(|f| push(f.as_raw_fd()));
+        let i_out = watch(&out, Stream::Stdout);
+        let i_err = watch(&err, Stream::Stderr);
+        let mut push = |fd: RawFd| push_fd(&mut fds, fd);
         let i_rep = report.as_ref().map(|f| push(f.as_raw_fd()));
         let i_pid = (!draining).then(|| push(child.pidfd.as_raw_fd()));
         let i_cancel = cancel
@@ -482,11 +498,17 @@ fn supervise(
             kill_job(child, cgroup);
             continue;
         }
-        if is_ready(i_out) && !pump(&mut out, Stream::Stdout, sink, cap, &mut buf) {
-            out.fd = None;
+        if is_ready(i_out) {
+            out.output_blocked = false;
+            if !pump(&mut out, Stream::Stdout, sink, cap, &mut buf) {
+                out.fd = None;
+            }
         }
-        if is_ready(i_err) && !pump(&mut err, Stream::Stderr, sink, cap, &mut buf) {
-            err.fd = None;
+        if is_ready(i_err) {
+            err.output_blocked = false;
+            if !pump(&mut err, Stream::Stderr, sink, cap, &mut buf) {
+                err.fd = None;
+            }
         }
         if is_ready(i_rep) {
             let mut chunk = [0u8; 256];
@@ -544,6 +566,15 @@ fn supervise(
         stdout: out,
         stderr: err,
     }))
+}
+
+fn push_fd(fds: &mut Vec<libc::pollfd>, fd: RawFd) -> usize {
+    fds.push(libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    fds.len() - 1
 }
 
 /// Kills the whole job: pid 1 (the kernel then kills its namespace) and the cgroup.

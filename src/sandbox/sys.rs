@@ -304,6 +304,16 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>) -> SysResult<()> {
         .map(drop)
 }
 
+/// True when `fd` can take a write right now (zero-timeout poll for POLLOUT).
+pub fn writable_now(fd: RawFd) -> bool {
+    let mut p = [libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    }];
+    poll(&mut p, 0).is_ok_and(|n| n == 1 && p[0].revents & libc::POLLOUT != 0)
+}
+
 /// `fcntl(F_SETPIPE_SZ)`: grows a pipe's buffer (best effort; capped by fs.pipe-max-size).
 pub fn set_pipe_size(fd: BorrowedFd<'_>, bytes: libc::c_int) -> SysResult<()> {
     // SAFETY: fcntl on a borrowed fd with an integer argument.

@@ -822,3 +822,26 @@ fn every_denied_syscall_is_refused_by_seccomp_and_works_unfiltered() {
     }
     assert_eq!(out.lines().count(), names.len(), "{out}");
 }
+
+#[test]
+fn the_wall_clock_limit_holds_even_when_nobody_reads_the_output() {
+    // The reader of execbox's stdout never reads: the relay must not block on it forever.
+    let ws = Ws::new();
+    let mut child = cmd_in(ws.path(), &["--timeout", "1s"], &["/usr/bin/yes"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "execbox hung behind a full stdout pipe"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(124));
+    drop(child.stdout.take());
+}
