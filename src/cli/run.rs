@@ -138,22 +138,9 @@ pub fn run(args: RunArgs) -> ExitCode {
         }
     };
 
-    let workspace = match args
-        .workspace
-        .clone()
-        .map_or_else(std::env::current_dir, Ok)
-    {
-        Ok(w) => w,
-        Err(e) => {
-            return refuse(
-                json,
-                EXIT_SETUP,
-                "workspace",
-                &format!("cannot determine the workspace: {e}; fix: pass --workspace DIR"),
-            );
-        }
-    };
-    let workspace = match workspace.canonicalize() {
+    // Default: the current directory ("." canonicalises to it).
+    let requested = args.workspace.clone().unwrap_or_else(|| PathBuf::from("."));
+    let workspace = match requested.canonicalize() {
         Ok(w) => w,
         Err(e) => {
             return refuse(
@@ -162,7 +149,7 @@ pub fn run(args: RunArgs) -> ExitCode {
                 "workspace",
                 &format!(
                     "workspace {} cannot be used: {e}; fix: pass an existing, readable directory with --workspace",
-                    workspace.display()
+                    requested.display()
                 ),
             );
         }
