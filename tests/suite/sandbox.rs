@@ -845,3 +845,57 @@ fn the_wall_clock_limit_holds_even_when_nobody_reads_the_output() {
     assert_eq!(status.code(), Some(124));
     drop(child.stdout.take());
 }
+
+#[test]
+fn a_missing_layer_fails_closed_unless_the_profile_names_the_degradation() {
+    let ws = Ws::new();
+    let bad_parent = ["--cgroup-parent", "execbox-no-such-parent-cgroup", "--json"];
+    // Fail closed: no cgroup, no run; the message names the layer and the fix.
+    let o = run_in(
+        ws.path(),
+        &bad_parent,
+        &["/bin/sh", "-c", "echo ran > marker"],
+    );
+    assert_eq!(o.status.code(), Some(126), "{}", text(&o.stderr));
+    assert!(!ws.path().join("marker").exists());
+    let r = json_report(&o);
+    assert_eq!(r["error"]["kind"], "cgroup", "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("allow_degraded"),
+        "{r}"
+    );
+
+    // Allowed by the profile: it runs, and says so.
+    let mut c = Command::new(&*EXECBOX);
+    c.arg("run")
+        .arg("--policy")
+        .arg(fixture("degraded-cgroup.toml"))
+        .arg("--workspace")
+        .arg(ws.path());
+    let o = c
+        .args(bad_parent)
+        .args(["--", "/bin/sh", "-c", "echo ran > marker"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(ws.path().join("marker").exists());
+    assert_eq!(json_report(&o)["degraded"], serde_json::json!(["cgroup"]));
+    let o = Command::new(&*EXECBOX)
+        .arg("run")
+        .arg("--policy")
+        .arg(fixture("degraded-cgroup.toml"))
+        .arg("--workspace")
+        .arg(ws.path())
+        .args(&bad_parent[..2])
+        .args(["--", "/bin/true"])
+        .output()
+        .unwrap();
+    assert!(
+        text(&o.stderr).contains("ran without cgroup"),
+        "{}",
+        text(&o.stderr)
+    );
+}
