@@ -184,9 +184,11 @@ impl Default for RawSandbox {
 }
 
 fn default_read_only() -> Vec<String> {
-    ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"]
-        .map(String::from)
-        .to_vec()
+    [
+        "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 fn default_protected() -> Vec<String> {
     [".git/hooks", ".git/config"].map(String::from).to_vec()
@@ -295,9 +297,7 @@ impl Profile {
         let s = raw.sandbox;
         for name in &s.env {
             let valid = !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                 && !name.starts_with(|c: char| c.is_ascii_digit());
             if !valid {
                 return Err(invalid(

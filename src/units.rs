@@ -11,7 +11,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, suffix) = t.split_at(split);
     if digits.is_empty() {
-        return Err(format!("{text:?} is not a size; write e.g. 512MiB, 1GiB or 4096"));
+        return Err(format!(
+            "{text:?} is not a size; write e.g. 512MiB, 1GiB or 4096"
+        ));
     }
     let n: u64 = digits
         .parse()
@@ -41,7 +43,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
     if digits.is_empty() {
-        return Err(format!("{text:?} is not a duration; write e.g. 500ms, 30s, 10m or 1h"));
+        return Err(format!(
+            "{text:?} is not a duration; write e.g. 500ms, 30s, 10m or 1h"
+        ));
     }
     let n: u64 = digits
         .parse()
