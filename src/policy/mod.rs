@@ -333,7 +333,10 @@ fn mark_downloads(commands: &mut [SimpleCommand]) {
             let mut args = cmd.args.iter().peekable();
             while let Some(a) = args.next() {
                 let t = a.text.as_str();
-                if matches!(t, "-o" | "-O" | "--output" | "--output-document") {
+                let cluster_o = t.starts_with('-')
+                    && !t.starts_with("--")
+                    && (t.ends_with('o') || t.ends_with('O'));
+                if cluster_o || matches!(t, "--output" | "--output-document") {
                     if let Some(v) = args.peek() {
                         downloaded.insert(name(&v.text));
                     }

@@ -14,8 +14,12 @@ pub struct Word {
     pub text: String,
     /// Contains an expansion the shell resolves at run time (`$x`, `$(…)`, `$((…))`).
     pub dynamic: bool,
-    /// Contains an unquoted glob character (`*`, `?`, `[`) that pathname expansion would use.
+    /// Contains an unquoted glob character (`*`, `?`, `[…]`) that pathname expansion would use.
     pub glob: bool,
+    /// Indices (into [`Analysis::commands`]) of the direct commands of substitutions in this
+    /// word: their output becomes part of it.
+    #[serde(skip)]
+    pub from: Vec<usize>,
 }
 
 impl Word {
@@ -24,6 +28,7 @@ impl Word {
             text: text.into(),
             dynamic: false,
             glob: false,
+            from: Vec::new(),
         }
     }
 }

@@ -225,15 +225,36 @@ impl Walker {
                     }
                 }
             }
+            // `echo / | xargs rm -rf`: the literal output becomes the arguments.
+            let output = match i {
+                0 => None,
+                _ => stages[i - 1]
+                    .iter()
+                    .find_map(|&j| literal_output(&self.out.commands[j])),
+            };
+            if let Some(output) = &output {
+                for &j in stage {
+                    let c = &mut self.out.commands[j];
+                    let stdin_args = c
+                        .args
+                        .iter()
+                        .position(|a| a.dynamic && a.text == super::unwrap::STDIN_ARGS);
+                    if let Some(p) = stdin_args {
+                        let words: Vec<Word> = output
+                            .split_whitespace()
+                            .take(64)
+                            .map(Word::literal)
+                            .collect();
+                        c.args.splice(p..=p, words);
+                    }
+                }
+            }
             if i > 0
                 && stage
                     .iter()
                     .any(|&j| reads_code_from_stdin(&self.out.commands[j]))
             {
-                let code = stages[i - 1]
-                    .iter()
-                    .find_map(|&j| literal_output(&self.out.commands[j]));
-                match code {
+                match output {
                     Some(code) => {
                         let mut v = via.to_vec();
                         v.push("piped into a shell".into());
@@ -429,6 +450,7 @@ impl Walker {
                         text: "/dev/fd/63".into(),
                         dynamic: true,
                         glob: false,
+                        from: Vec::new(),
                     });
                 }
             }
@@ -450,6 +472,15 @@ impl Walker {
             return Vec::new();
         }
         let mut cmd = SimpleCommand::from_argv(program, args.to_vec());
+        // What substitutions print flows into this command like a pipe would.
+        for w in args {
+            for &j in &w.from {
+                let c = &self.out.commands[j];
+                cmd.upstream_inputs.extend(c.args.iter().cloned());
+                cmd.upstream_inputs
+                    .extend(c.upstream_inputs.iter().cloned());
+            }
+        }
         cmd.redirects = redirects;
         cmd.cwd = self.cwd.clone();
         cmd.via = via.to_vec();
@@ -541,6 +572,7 @@ impl Walker {
                             text: "/dev/fd/63".into(),
                             dynamic: true,
                             glob: false,
+                            from: Vec::new(),
                         }
                     }
                 };
@@ -575,6 +607,7 @@ impl Walker {
                                 text: st.text,
                                 dynamic: st.dynamic,
                                 glob: false,
+                                from: Vec::new(),
                             }
                         }
                         Err(e) => {
@@ -599,6 +632,7 @@ impl Walker {
                 text: raw.to_string(),
                 dynamic: true,
                 glob: false,
+                from: Vec::new(),
             }
         }
     }
@@ -611,6 +645,7 @@ impl Walker {
                 text: raw.to_string(),
                 dynamic: true,
                 glob: false,
+                from: Vec::new(),
             }];
         }
         if raw.contains('{') && has_brace_expansion(raw) {
@@ -629,6 +664,7 @@ impl Walker {
                         text: raw.to_string(),
                         dynamic: true,
                         glob: true,
+                        from: Vec::new(),
                     }];
                 }
             }
@@ -646,6 +682,7 @@ impl Walker {
                     text: st.text,
                     dynamic: st.dynamic,
                     glob: st.glob,
+                    from: std::mem::take(&mut st.from),
                 }
             }
             Err(e) => {
@@ -654,6 +691,7 @@ impl Walker {
                     text: raw.to_string(),
                     dynamic: true,
                     glob: false,
+                    from: Vec::new(),
                 }
             }
         }
@@ -674,7 +712,8 @@ impl Walker {
             }
             match &p.piece {
                 WordPiece::Text(t) => {
-                    if !quoted && t.contains(['*', '?', '[']) {
+                    let class = t.find('[').is_some_and(|i| t[i + 1..].contains(']'));
+                    if !quoted && (t.contains(['*', '?']) || class) {
                         st.glob = true;
                     }
                     st.text.push_str(t);
@@ -707,8 +746,9 @@ impl Walker {
                     let saved = self.cwd.clone();
                     let mut v = via.to_vec();
                     v.push("$(…)".into());
-                    self.shell(&code, depth + 1, &v);
+                    let direct = self.shell(&code, depth + 1, &v);
                     self.cwd = saved;
+                    st.from.extend(direct);
                     st.text.push_str("$(…)");
                     st.dynamic = true;
                 }
@@ -818,6 +858,7 @@ struct WordState {
     text: String,
     dynamic: bool,
     glob: bool,
+    from: Vec<usize>,
 }
 
 fn assignment_name(a: &ast::Assignment) -> String {

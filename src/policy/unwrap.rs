@@ -197,7 +197,10 @@ impl Walker {
         via.push(program.to_string());
 
         if let Some(spec) = wrapper_spec(program) {
-            if let Some(inner) = self.wrapper_inner(&cmd, &spec, depth, &via) {
+            if let Some(mut inner) = self.wrapper_inner(&cmd, &spec, depth, &via) {
+                if program == "xargs" {
+                    xargs_placeholders(&cmd.args, &mut inner);
+                }
                 direct.extend(self.emit_argv(&cmd, inner, depth, &via));
             }
             return direct;
@@ -323,6 +326,11 @@ impl Walker {
     /// Analyses a code string; a dynamic one fails closed.
     fn code(&mut self, code: &Word, depth: usize, via: &[String], what: &str) -> Vec<usize> {
         if code.dynamic {
+            // `sh -c "$(curl …)"`: the substitution's output is the code.
+            let runner = via.last().cloned().unwrap_or_default();
+            for &j in &code.from {
+                self.out.commands[j].stdout_to.push(runner.clone());
+            }
             self.fail(
                 "dynamic-code",
                 format!(
@@ -466,6 +474,19 @@ impl Walker {
 
     fn find_exec(&mut self, cmd: &SimpleCommand, depth: usize, via: &[String]) -> Vec<usize> {
         let mut direct = Vec::new();
+        // `{}` stands for each path found under the starting points.
+        let starts: Vec<Word> = cmd
+            .args
+            .iter()
+            .take_while(|a| !a.text.starts_with('-') && a.text != "(" && a.text != "!")
+            .take(4)
+            .cloned()
+            .collect();
+        let starts = if starts.is_empty() {
+            vec![Word::literal(".")]
+        } else {
+            starts
+        };
         let mut i = 0;
         while i < cmd.args.len() {
             let t = cmd.args[i].text.as_str();
@@ -475,8 +496,23 @@ impl Walker {
                 while end < cmd.args.len() && !matches!(cmd.args[end].text.as_str(), ";" | "+") {
                     end += 1;
                 }
-                let argv = cmd.args[start..end].to_vec();
-                direct.extend(self.emit_argv(cmd, argv, depth, via));
+                let argv = &cmd.args[start..end];
+                let uses_path = argv.iter().any(|a| a.text.contains("{}"));
+                for found in starts.iter().take(if uses_path { 4 } else { 1 }) {
+                    let argv = argv
+                        .iter()
+                        .map(|a| match a.text.contains("{}") {
+                            true => Word {
+                                text: a.text.replace("{}", &found.text),
+                                dynamic: a.dynamic || found.dynamic,
+                                glob: a.glob || found.glob,
+                                from: Vec::new(),
+                            },
+                            false => a.clone(),
+                        })
+                        .collect();
+                    direct.extend(self.emit_argv(cmd, argv, depth, via));
+                }
                 i = end;
             }
             i += 1;
@@ -534,7 +570,24 @@ impl Walker {
                 direct.extend(self.code(input, depth, via, "parallel"));
             }
         } else {
-            direct.extend(self.code(&join_words(command), depth, via, "parallel"));
+            let template = join_words(command);
+            let inputs: Vec<&Word> = inputs
+                .iter()
+                .filter(|a| !a.text.starts_with(":::"))
+                .collect();
+            if inputs.is_empty() {
+                direct.extend(self.code(&template, depth, via, "parallel"));
+            }
+            for input in inputs.into_iter().take(16) {
+                let mut code = template.clone();
+                code.dynamic |= input.dynamic;
+                code.text = if code.text.contains("{}") {
+                    code.text.replace("{}", &input.text)
+                } else {
+                    format!("{} {}", code.text, input.text)
+                };
+                direct.extend(self.code(&code, depth, via, "parallel"));
+            }
         }
         direct
     }
@@ -674,6 +727,38 @@ impl Walker {
     }
 }
 
+/// The text that stands for what `xargs` reads from stdin; `parse.rs` replaces it with the
+/// previous pipeline stage's output when that is literal.
+pub(crate) const STDIN_ARGS: &str = "{stdin}";
+
+/// Marks where `xargs` puts its input: in place of the `-I` string, or appended.
+fn xargs_placeholders(xargs_args: &[Word], inner: &mut Vec<Word>) {
+    let replace = option_value(xargs_args, &["-I", "--replace"], "I")
+        .map(|w| w.text)
+        .or_else(|| {
+            xargs_args
+                .iter()
+                .any(|a| a.text == "-i" || a.text == "--replace")
+                .then(|| "{}".to_string())
+        });
+    let placeholder = Word {
+        text: STDIN_ARGS.into(),
+        dynamic: true,
+        glob: false,
+        from: Vec::new(),
+    };
+    match replace {
+        Some(r) if !r.is_empty() => {
+            for a in inner.iter_mut().skip(1) {
+                if a.text.contains(&r) {
+                    *a = placeholder.clone();
+                }
+            }
+        }
+        _ => inner.push(placeholder),
+    }
+}
+
 /// The words after a command's options (`None` if nothing follows).
 fn skip_options(args: &[Word], short_values: &str, long_values: &[&str]) -> Option<Vec<Word>> {
     let mut i = 0;
@@ -787,6 +872,7 @@ fn join_words(words: &[Word]) -> Word {
             .join(" "),
         dynamic: words.iter().any(|w| w.dynamic),
         glob: false,
+        from: Vec::new(),
     }
 }
 

@@ -1,0 +1,3 @@
+//! One integration test binary (the Codex layout): every suite is a module under `tests/suite/`.
+
+mod suite;
