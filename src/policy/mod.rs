@@ -192,7 +192,7 @@ impl Policy {
 
     /// Every rule's `examples.match` must make that rule fire; `not_match` must not.
     fn check_examples(&self) -> Result<(), PolicyError> {
-        let ctx = Context::examples();
+        let ctx = predicates::Paths::new(&Context::examples());
         for (index, rule) in self.rules.iter().enumerate() {
             let cases = rule
                 .examples
@@ -207,7 +207,10 @@ impl Policy {
                 );
             for (key, example, expected) in cases {
                 let analysis = analyse(Command::Shell(example));
-                let hit = analysis.commands.iter().any(|c| rule.matches(c, &ctx));
+                let hit = analysis
+                    .commands
+                    .iter()
+                    .any(|c| rule.matches(&rules::Facts::new(c), &ctx));
                 if hit != expected {
                     let problem = if expected {
                         let parsed: Vec<String> = analysis
@@ -241,51 +244,84 @@ impl Policy {
     }
 
     pub fn check(&self, command: Command<'_>, ctx: &Context) -> Decision {
-        self.explain(command, ctx).decision
+        self.decide(command, ctx, None).0
     }
 
     /// Checks a command and keeps every step of the reasoning.
     pub fn explain(&self, command: Command<'_>, ctx: &Context) -> Explanation {
-        let analysis = analyse(command);
+        let mut commands = Vec::new();
+        let (decision, fail_closed) = self.decide(command, ctx, Some(&mut commands));
+        Explanation {
+            commands,
+            fail_closed,
+            decision,
+        }
+    }
 
-        let mut decision = Decision {
-            verdict: Verdict::Allow,
-            rule: None,
-            reason: "nothing would run".into(),
-            command: None,
-            fail_closed: None,
-        };
-        let mut explained = Vec::with_capacity(analysis.commands.len());
-        for cmd in &analysis.commands {
-            let matched: Vec<&Rule> = self.rules.iter().filter(|r| r.matches(cmd, ctx)).collect();
-            let strongest = matched.iter().max_by_key(|r| r.verdict).copied();
+    /// The strictest verdict over every simple command; with `explain`, also the per-command
+    /// account (built only when asked: `check` is on the hot path).
+    fn decide(
+        &self,
+        command: Command<'_>,
+        ctx: &Context,
+        mut explain: Option<&mut Vec<ExplainedCommand>>,
+    ) -> (Decision, Vec<FailClosed>) {
+        let analysis = analyse(command);
+        let paths = predicates::Paths::new(ctx);
+        // (verdict, deciding rule, command index) of the strictest command so far.
+        let mut best: Option<(Verdict, Option<&Rule>, usize)> = None;
+        for (i, cmd) in analysis.commands.iter().enumerate() {
+            let facts = rules::Facts::new(cmd);
+            let mut strongest: Option<&Rule> = None;
+            let mut matched = Vec::new();
+            for r in &self.rules {
+                if r.matches(&facts, &paths) {
+                    if strongest.is_none_or(|s| r.verdict > s.verdict) {
+                        strongest = Some(r);
+                    }
+                    if explain.is_some() {
+                        matched.push(r.id.clone());
+                    }
+                }
+            }
             let verdict = strongest.map_or(self.default, |r| r.verdict);
-            let candidate = Decision {
+            if best.is_none_or(|(v, _, _)| verdict > v) {
+                best = Some((verdict, strongest, i));
+            }
+            if let Some(out) = explain.as_deref_mut() {
+                out.push(ExplainedCommand {
+                    command: cmd.display(),
+                    program: cmd.program.clone(),
+                    argv: std::iter::once(cmd.program_path.clone())
+                        .chain(cmd.args.iter().map(|a| a.text.clone()))
+                        .collect(),
+                    via: cmd.via.clone(),
+                    stdin_from: cmd.stdin_from.clone(),
+                    stdout_to: cmd.stdout_to.clone(),
+                    matched,
+                    verdict,
+                });
+            }
+        }
+        let mut decision = match best {
+            Some((verdict, rule, i)) => Decision {
                 verdict,
-                rule: strongest.map(|r| r.id.clone()),
-                reason: strongest.map_or_else(
+                rule: rule.map(|r| r.id.clone()),
+                reason: rule.map_or_else(
                     || "no rule matched; the profile default applies".to_string(),
                     |r| r.reason.clone(),
                 ),
-                command: Some(cmd.display()),
+                command: Some(analysis.commands[i].display()),
                 fail_closed: None,
-            };
-            if decision.command.is_none() || candidate.verdict > decision.verdict {
-                decision = candidate;
-            }
-            explained.push(ExplainedCommand {
-                command: cmd.display(),
-                program: cmd.program.clone(),
-                argv: std::iter::once(cmd.program_path.clone())
-                    .chain(cmd.args.iter().map(|a| a.text.clone()))
-                    .collect(),
-                via: cmd.via.clone(),
-                stdin_from: cmd.stdin_from.clone(),
-                stdout_to: cmd.stdout_to.clone(),
-                matched: matched.iter().map(|r| r.id.clone()).collect(),
-                verdict,
-            });
-        }
+            },
+            None => Decision {
+                verdict: Verdict::Allow,
+                rule: None,
+                reason: "nothing would run".into(),
+                command: None,
+                fail_closed: None,
+            },
+        };
         if let Some(f) = analysis.fail_closed.first()
             && decision.verdict < Verdict::Approve
         {
@@ -297,11 +333,7 @@ impl Policy {
                 fail_closed: Some(f.code),
             };
         }
-        Explanation {
-            commands: explained,
-            fail_closed: analysis.fail_closed,
-            decision,
-        }
+        (decision, analysis.fail_closed)
     }
 }
 

@@ -27,6 +27,11 @@ pub const MAX_DEPTH: usize = 12;
 const MAX_NODES: usize = 50_000;
 /// Words a brace expansion may produce.
 const MAX_BRACE_WORDS: usize = 256;
+/// Tokens (words and operators, estimated before parsing) per input: keeps brush-parser's own
+/// work, which cannot be interrupted, within a few milliseconds.
+pub const MAX_TOKENS: usize = 1500;
+/// Pipeline stages linked per pipeline (linking is quadratic in stages).
+const MAX_STAGES: usize = 64;
 /// Wall-clock budget for one analysis.
 const BUDGET: Duration = Duration::from_millis(50);
 
@@ -131,6 +136,14 @@ impl Walker {
             );
             return Vec::new();
         }
+        let tokens = token_estimate(text);
+        if tokens > MAX_TOKENS {
+            self.fail(
+                "too-complex",
+                format!("about {tokens} tokens, limit {MAX_TOKENS}"),
+            );
+            return Vec::new();
+        }
         let nesting = nesting_estimate(text);
         if nesting > MAX_NESTING {
             self.fail(
@@ -188,7 +201,14 @@ impl Walker {
             stages.push(self.command(c, depth, via));
             self.cwd = saved.clone();
         }
-        self.link_pipeline(&stages, depth, via);
+        if stages.len() > MAX_STAGES {
+            self.fail(
+                "too-complex",
+                format!("a pipeline of {} stages, limit {MAX_STAGES}", stages.len()),
+            );
+        } else {
+            self.link_pipeline(&stages, depth, via);
+        }
         stages.into_iter().flatten().collect()
     }
 
@@ -673,6 +693,10 @@ impl Walker {
     }
 
     fn resolve(&mut self, raw: &str, depth: usize, via: &[String]) -> Word {
+        // Most words have nothing to expand or unquote: skip the word parser.
+        if !raw.contains(['$', '`', '\'', '"', '\\', '~', '*', '?', '[', '{']) {
+            return Word::literal(raw);
+        }
         let options = parser_options();
         match brush_parser::word::parse(raw, &options) {
             Ok(pieces) => {
@@ -929,6 +953,28 @@ fn literal_output(c: &SimpleCommand) -> Option<String> {
         }),
         _ => None,
     }
+}
+
+/// A cheap upper bound of the tokens brush-parser would produce: whitespace-separated runs plus
+/// operator characters.
+pub fn token_estimate(text: &str) -> usize {
+    let mut count = 0;
+    let mut in_word = false;
+    for b in text.bytes() {
+        match b {
+            b' ' | b'\t' | b'\n' => in_word = false,
+            b'|' | b';' | b'&' | b'(' | b')' | b'<' | b'>' => {
+                count += 1;
+                in_word = false;
+            }
+            _ if !in_word => {
+                count += 1;
+                in_word = true;
+            }
+            _ => {}
+        }
+    }
+    count
 }
 
 /// A cheap upper bound of syntactic nesting, computed before brush-parser (which recurses)

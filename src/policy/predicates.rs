@@ -7,6 +7,25 @@ use std::path::Path;
 use super::Context;
 use super::model::Word;
 
+/// The context's paths, normalised once per check rather than once per predicate.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    workspace: String,
+    home: Option<String>,
+}
+
+impl Paths {
+    pub fn new(ctx: &Context) -> Paths {
+        Paths {
+            workspace: normalise_abs(&ctx.workspace.to_string_lossy()),
+            home: ctx
+                .home
+                .as_ref()
+                .map(|h| normalise_abs(&h.to_string_lossy())),
+        }
+    }
+}
+
 /// A named test on one argument word.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Predicate {
@@ -64,7 +83,7 @@ impl Predicate {
         })
     }
 
-    pub fn test(&self, w: &Word, cwd: Option<&str>, ctx: &Context) -> bool {
+    pub fn test(&self, w: &Word, cwd: Option<&str>, ctx: &Paths) -> bool {
         match self {
             Predicate::Dynamic => w.dynamic,
             Predicate::Glob(p) => glob_match(p, &w.text),
@@ -81,20 +100,20 @@ impl Predicate {
         }
     }
 
-    fn test_path(&self, text: &str, cwd: Option<&str>, ctx: &Context) -> bool {
+    fn test_path(&self, text: &str, cwd: Option<&str>, ctx: &Paths) -> bool {
+        if matches!(self, Predicate::BlockDevice | Predicate::NetDevice) && !text.contains("dev") {
+            return false;
+        }
         let Some(p) = normalise(text, cwd, ctx) else {
             // Relative to an unknown directory: only "could be anywhere" predicates hold.
             return matches!(self, Predicate::OutsideWorkspace) && !text.starts_with('-');
         };
-        let ws = normalise_abs(&ctx.workspace.to_string_lossy());
+        let ws = ctx.workspace.as_str();
         match self {
             Predicate::Root => p == "/",
             Predicate::RootChild => p != "/" && p.matches('/').count() == 1,
             Predicate::Home => match &ctx.home {
-                Some(h) => {
-                    let h = normalise_abs(&h.to_string_lossy());
-                    p == h || p == format!("{h}/*") || p == format!("{h}/.*")
-                }
+                Some(h) => p == *h || p == format!("{h}/*") || p == format!("{h}/.*"),
                 None => false,
             },
             Predicate::WorkspaceRoot => {
@@ -131,12 +150,8 @@ fn path_candidates(w: &Word) -> impl Iterator<Item = &str> {
 }
 
 /// Lexical normalisation to an absolute path; `None` when relative to an unknown directory.
-pub fn normalise(text: &str, cwd: Option<&str>, ctx: &Context) -> Option<String> {
-    let home = ctx
-        .home
-        .as_ref()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "/nonexistent-home".into());
+pub fn normalise(text: &str, cwd: Option<&str>, ctx: &Paths) -> Option<String> {
+    let home = ctx.home.as_deref().unwrap_or("/nonexistent-home");
     let expand = |t: &str| -> Option<String> {
         if t == "~" || t.starts_with("~/") {
             Some(format!("{home}{}", &t[1..]))
@@ -153,10 +168,10 @@ pub fn normalise(text: &str, cwd: Option<&str>, ctx: &Context) -> Option<String>
         return Some(normalise_abs(&abs));
     }
     let base = match cwd? {
-        "" => ctx.workspace.to_string_lossy().into_owned(),
+        "" => ctx.workspace.clone(),
         c => match expand(c) {
             Some(abs) => abs,
-            None => format!("{}/{c}", ctx.workspace.to_string_lossy()),
+            None => format!("{}/{c}", ctx.workspace),
         },
     };
     Some(normalise_abs(&format!("{base}/{text}")))
@@ -228,7 +243,7 @@ const SECRET_SUFFIXES: &[&str] = &[
     "/.azure",
 ];
 
-fn is_secret(text: &str, cwd: Option<&str>, ctx: &Context) -> bool {
+fn is_secret(text: &str, cwd: Option<&str>, ctx: &Paths) -> bool {
     let name = Path::new(text)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -253,6 +268,9 @@ fn is_secret(text: &str, cwd: Option<&str>, ctx: &Context) -> bool {
 
 /// `*` any run, `?` one character, `[…]` a class; linear-time, no backtracking blow-up.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
+    if !pattern.contains(['*', '?', '[']) {
+        return pattern == text;
+    }
     let p: Vec<char> = pattern.chars().collect();
     let t: Vec<char> = text.chars().collect();
     let (mut pi, mut ti) = (0, 0);
@@ -335,7 +353,7 @@ mod tests {
     fn holds(p: &str, arg: &str, cwd: Option<&str>) -> bool {
         Predicate::parse(p)
             .unwrap()
-            .test(&Word::literal(arg), cwd, &ctx())
+            .test(&Word::literal(arg), cwd, &Paths::new(&ctx()))
     }
 
     #[test]

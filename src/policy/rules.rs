@@ -6,10 +6,28 @@
 
 use serde::Deserialize;
 
-use super::Context;
+use std::cell::OnceCell;
+
 use super::Verdict;
 use super::model::{Redirect, SimpleCommand, Word};
-use super::predicates::{PREDICATE_NAMES, Predicate, glob_match};
+use super::predicates::{PREDICATE_NAMES, Paths, Predicate, glob_match};
+
+/// Facts about one command that several rules need, computed at most once.
+pub struct Facts<'a> {
+    cmd: &'a SimpleCommand,
+    flags: OnceCell<Flags<'a>>,
+    positionals: OnceCell<Vec<&'a str>>,
+}
+
+impl<'a> Facts<'a> {
+    pub fn new(cmd: &'a SimpleCommand) -> Facts<'a> {
+        Facts {
+            cmd,
+            flags: OnceCell::new(),
+            positionals: OnceCell::new(),
+        }
+    }
+}
 
 /// One `[[rule]]` table as written in a profile. See `docs/policy.md` for every key.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -444,7 +462,8 @@ impl Rule {
         Ok(rule)
     }
 
-    pub fn matches(&self, cmd: &SimpleCommand, ctx: &Context) -> bool {
+    pub fn matches(&self, facts: &Facts<'_>, ctx: &Paths) -> bool {
+        let cmd = facts.cmd;
         let cwd = cmd.cwd.as_deref();
         let test_any = |preds: &[Predicate], words: &mut dyn Iterator<Item = &Word>| {
             let mut hit = false;
@@ -457,17 +476,16 @@ impl Rule {
             return false;
         }
         if !self.subcommand.is_empty() {
-            let pos = positionals(cmd);
-            let hit = self
-                .subcommand
-                .iter()
-                .any(|sub| sub.len() <= pos.len() && sub.iter().zip(&pos).all(|(a, b)| a == b));
+            let pos = facts.positionals.get_or_init(|| positionals(cmd));
+            let hit = self.subcommand.iter().any(|sub| {
+                sub.len() <= pos.len() && sub.iter().zip(pos.iter()).all(|(a, b)| a == b)
+            });
             if !hit {
                 return false;
             }
         }
         if !self.all_flags.is_empty() || !self.any_flag.is_empty() {
-            let flags = Flags::of(&cmd.args);
+            let flags = facts.flags.get_or_init(|| Flags::of(&cmd.args));
             if !self
                 .all_flags
                 .iter()
