@@ -3,6 +3,7 @@
 //! the parser rejects is never allowed.
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use execbox::policy::{Command, Context, Verdict};
 use execbox::profile::Profile;
@@ -12,9 +13,14 @@ fn ctx() -> Context {
     Context::examples()
 }
 
+/// Loaded once: loading checks every rule example, which property tests would repeat.
+fn profile() -> &'static Profile {
+    static PROFILE: OnceLock<Profile> = OnceLock::new();
+    PROFILE.get_or_init(|| Profile::embedded_default().expect("embedded default loads"))
+}
+
 fn verdict(cmd: &str) -> Verdict {
-    let profile = Profile::embedded_default().expect("embedded default loads");
-    profile.policy.check(Command::Shell(cmd), &ctx()).verdict
+    profile().policy.check(Command::Shell(cmd), &ctx()).verdict
 }
 
 fn corpus() -> Vec<(Verdict, String)> {
@@ -165,8 +171,7 @@ proptest! {
 
     #[test]
     fn unparseable_or_arbitrary_input_is_never_allowed_when_unanalysable(s in "[ -~]{0,80}") {
-        let profile = Profile::embedded_default().unwrap();
-        let e = profile.policy.explain(Command::Shell(&s), &ctx());
+        let e = profile().policy.explain(Command::Shell(&s), &ctx());
         if !e.fail_closed.is_empty() {
             prop_assert!(e.decision.verdict != Verdict::Allow, "{s:?}");
         }
@@ -179,8 +184,7 @@ proptest! {
         tail in "[a-z -]{0,10}",
     ) {
         let s = format!("{prefix}{opener}{tail}");
-        let profile = Profile::embedded_default().unwrap();
-        let e = profile.policy.explain(Command::Shell(&s), &ctx());
+        let e = profile().policy.explain(Command::Shell(&s), &ctx());
         let parses = brush_parser_accepts(&e);
         prop_assert!(parses || e.decision.verdict != Verdict::Allow, "{s:?}");
     }
