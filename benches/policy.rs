@@ -30,7 +30,10 @@ fn adversarial() -> Vec<(&'static str, String)> {
         ("pipeline", "a|".repeat(n / 2 - 1) + "a"),
         ("words", "x ".repeat(n / 2)),
         ("quoted-arg", format!("echo '{}'", "a".repeat(n - 8))),
-        ("heredoc", format!("cat <<'EOF'\n{}\nEOF", "line of text\n".repeat(n / 14))),
+        (
+            "heredoc",
+            format!("cat <<'EOF'\n{}\nEOF", "line of text\n".repeat(n / 14)),
+        ),
         ("wrapper-chain", "env ".repeat(n / 4 - 2) + "rm"),
     ]
 }

@@ -354,7 +354,7 @@ impl Profile {
             ));
         }
         if let Some(cpu) = l.cpu
-            && !(cpu.is_finite() && cpu >= 0.01 && cpu <= 1024.0)
+            && !(cpu.is_finite() && (0.01..=1024.0).contains(&cpu))
         {
             return Err(invalid(
                 "limits.cpu",

@@ -259,7 +259,8 @@ fn lint(file: &Path) -> ExitCode {
 
 fn policy_error_line(text: &str, e: &PolicyError) -> Option<usize> {
     let (index, key) = e.location();
-    if let PolicyError::Example { example, .. } = e {
+    if let PolicyError::Example(ex) = e {
+        let example = &ex.example;
         let start = rule_line(text, index, "id")?;
         let quoted = serde_json::to_string(example).ok()?;
         let found = text

@@ -92,14 +92,11 @@ pub struct Decision {
 /// Why a rule set could not be compiled. Every message names the rule index, id and key.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("rule {index} ({id:?}): key `{key}`: {message}; fix: {fix}")]
-    Rule {
-        index: usize,
-        id: String,
-        key: &'static str,
-        message: String,
-        fix: String,
-    },
+    #[error(
+        "rule {} ({:?}): key `{}`: {}; fix: {}",
+        .0.index, .0.id, .0.key, .0.message, .0.fix
+    )]
+    Rule(Box<RuleKeyError>),
     #[error(
         "rule {index} ({id:?}): key `id`: duplicate of rule {first}; fix: give every rule a unique id"
     )]
@@ -109,25 +106,40 @@ pub enum PolicyError {
         first: usize,
     },
     #[error(
-        "rule {index} ({id:?}): key `examples.{key}`: {example:?} {problem}; fix: correct the rule or the example"
+        "rule {} ({:?}): key `examples.{}`: {:?} {}; fix: correct the rule or the example",
+        .0.index, .0.id, .0.key, .0.example, .0.problem
     )]
-    Example {
-        index: usize,
-        id: String,
-        /// `match` or `not_match`.
-        key: &'static str,
-        example: String,
-        problem: String,
-    },
+    Example(Box<ExampleError>),
+}
+
+/// A key of one rule that does not validate.
+#[derive(Debug)]
+pub struct RuleKeyError {
+    pub index: usize,
+    pub id: String,
+    pub key: &'static str,
+    pub message: String,
+    pub fix: String,
+}
+
+/// A rule example that does not behave as declared.
+#[derive(Debug)]
+pub struct ExampleError {
+    pub index: usize,
+    pub id: String,
+    /// `match` or `not_match`.
+    pub key: &'static str,
+    pub example: String,
+    pub problem: String,
 }
 
 impl PolicyError {
     /// The rule index and key the error is about, for line lookups in `policy lint`.
     pub fn location(&self) -> (usize, String) {
         match self {
-            PolicyError::Rule { index, key, .. } => (*index, (*key).to_string()),
+            PolicyError::Rule(e) => (e.index, e.key.to_string()),
             PolicyError::DuplicateId { index, .. } => (*index, "id".into()),
-            PolicyError::Example { index, key, .. } => (*index, format!("examples.{key}")),
+            PolicyError::Example(e) => (e.index, format!("examples.{}", e.key)),
         }
     }
 }
@@ -176,12 +188,14 @@ impl Policy {
                 });
             }
             ids.push((id.clone(), index));
-            let rule = Rule::compile(r).map_err(|e| PolicyError::Rule {
-                index,
-                id,
-                key: e.key,
-                message: e.message,
-                fix: e.fix,
+            let rule = Rule::compile(r).map_err(|e| {
+                PolicyError::Rule(Box::new(RuleKeyError {
+                    index,
+                    id,
+                    key: e.key,
+                    message: e.message,
+                    fix: e.fix,
+                }))
             })?;
             rules.push(rule);
         }
@@ -222,13 +236,13 @@ impl Policy {
                     } else {
                         "matches but should not".to_string()
                     };
-                    return Err(PolicyError::Example {
+                    return Err(PolicyError::Example(Box::new(ExampleError {
                         index,
                         id: rule.id.clone(),
                         key,
                         example: example.clone(),
                         problem,
-                    });
+                    })));
                 }
             }
         }

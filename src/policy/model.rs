@@ -31,6 +31,14 @@ impl Word {
             from: Vec::new(),
         }
     }
+
+    /// A word whose value is only known at run time; `text` is for display.
+    pub fn opaque(text: impl Into<String>) -> Word {
+        Word {
+            dynamic: true,
+            ..Word::literal(text)
+        }
+    }
 }
 
 /// Where a simple command's standard input comes from, when it is code for a shell.

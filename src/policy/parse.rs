@@ -106,7 +106,9 @@ impl Walker {
             return false;
         }
         self.nodes += 1;
-        if self.nodes > MAX_NODES || (self.nodes % 64 == 0 && Instant::now() > self.deadline) {
+        if self.nodes > MAX_NODES
+            || (self.nodes.is_multiple_of(64) && Instant::now() > self.deadline)
+        {
             self.exhausted = true;
             self.fail(
                 "budget-exceeded",
@@ -122,34 +124,8 @@ impl Walker {
         if !self.tick() {
             return Vec::new();
         }
-        if depth > MAX_DEPTH {
-            self.fail(
-                "nesting-too-deep",
-                format!("more than {MAX_DEPTH} nested shells"),
-            );
-            return Vec::new();
-        }
-        if text.len() > MAX_INPUT {
-            self.fail(
-                "input-too-large",
-                format!("{} bytes, limit {MAX_INPUT}", text.len()),
-            );
-            return Vec::new();
-        }
-        let tokens = token_estimate(text);
-        if tokens > MAX_TOKENS {
-            self.fail(
-                "too-complex",
-                format!("about {tokens} tokens, limit {MAX_TOKENS}"),
-            );
-            return Vec::new();
-        }
-        let nesting = nesting_estimate(text);
-        if nesting > MAX_NESTING {
-            self.fail(
-                "nesting-too-deep",
-                format!("syntactic nesting about {nesting}, limit {MAX_NESTING}"),
-            );
+        if let Some((code, detail)) = over_limit(text, depth) {
+            self.fail(code, detail);
             return Vec::new();
         }
         let options = parser_options();
@@ -460,18 +436,9 @@ impl Walker {
                     }
                 }
                 ast::CommandPrefixOrSuffixItem::ProcessSubstitution(_, sub) => {
-                    let saved = self.cwd.clone();
-                    let mut v = via.to_vec();
-                    v.push("<(…)".into());
-                    let direct = self.compound_list(&sub.list, depth + 1, &v);
-                    self.cwd = saved;
+                    let (direct, word) = self.process_substitution(sub, depth, via);
                     procsubs.push(direct);
-                    words.push(Word {
-                        text: "/dev/fd/63".into(),
-                        dynamic: true,
-                        glob: false,
-                        from: Vec::new(),
-                    });
+                    words.push(word);
                 }
             }
         }
@@ -515,6 +482,21 @@ impl Walker {
         }
         self.track_cd(&cmd);
         self.emit(cmd, depth)
+    }
+
+    /// `<(…)`/`>(…)`: its commands run in a subshell; the command sees a `/dev/fd` path.
+    fn process_substitution(
+        &mut self,
+        sub: &ast::SubshellCommand,
+        depth: usize,
+        via: &[String],
+    ) -> (Vec<usize>, Word) {
+        let saved = self.cwd.clone();
+        let mut v = via.to_vec();
+        v.push("<(…)".into());
+        let direct = self.compound_list(&sub.list, depth + 1, &v);
+        self.cwd = saved;
+        (direct, Word::opaque("/dev/fd/63"))
     }
 
     /// Resolves the program word; a name that is not a literal fails closed.
@@ -580,20 +562,11 @@ impl Walker {
                     }
                     ast::IoFileRedirectTarget::Fd(_) => return None,
                     ast::IoFileRedirectTarget::ProcessSubstitution(_, sub) => {
-                        let saved = self.cwd.clone();
-                        let mut v = via.to_vec();
-                        v.push("<(…)".into());
-                        let direct = self.compound_list(&sub.list, depth + 1, &v);
-                        self.cwd = saved;
+                        let (direct, word) = self.process_substitution(sub, depth, via);
                         if let Some(p) = procsubs {
                             p.push(direct);
                         }
-                        Word {
-                            text: "/dev/fd/63".into(),
-                            dynamic: true,
-                            glob: false,
-                            from: Vec::new(),
-                        }
+                        word
                     }
                 };
                 use ast::IoFileRedirectKind as K;
@@ -620,16 +593,11 @@ impl Walker {
             ast::IoRedirect::HereDocument(_, h) => {
                 let text = if h.requires_expansion {
                     match brush_parser::word::parse_heredoc(&h.doc.value, &parser_options()) {
-                        Ok(pieces) => {
-                            let mut st = WordState::default();
-                            self.pieces(&pieces, false, &mut st, depth, via);
-                            Word {
-                                text: st.text,
-                                dynamic: st.dynamic,
-                                glob: false,
-                                from: Vec::new(),
-                            }
-                        }
+                        // Heredoc text is not subject to pathname expansion.
+                        Ok(pieces) => Word {
+                            glob: false,
+                            ..self.word_from(&pieces, depth, via)
+                        },
                         Err(e) => {
                             self.fail("parse-error", e.to_string());
                             return None;
@@ -648,12 +616,7 @@ impl Walker {
         if words.len() == 1 {
             words.remove(0)
         } else {
-            Word {
-                text: raw.to_string(),
-                dynamic: true,
-                glob: false,
-                from: Vec::new(),
-            }
+            Word::opaque(raw)
         }
     }
 
@@ -661,12 +624,7 @@ impl Walker {
     /// several), analysing any substitutions in it.
     pub(crate) fn words(&mut self, raw: &str, depth: usize, via: &[String]) -> Vec<Word> {
         if !self.tick() {
-            return vec![Word {
-                text: raw.to_string(),
-                dynamic: true,
-                glob: false,
-                from: Vec::new(),
-            }];
+            return vec![Word::opaque(raw)];
         }
         if raw.contains('{') && has_brace_expansion(raw) {
             match brace_expand(raw) {
@@ -699,25 +657,22 @@ impl Walker {
         }
         let options = parser_options();
         match brush_parser::word::parse(raw, &options) {
-            Ok(pieces) => {
-                let mut st = WordState::default();
-                self.pieces(&pieces, false, &mut st, depth, via);
-                Word {
-                    text: st.text,
-                    dynamic: st.dynamic,
-                    glob: st.glob,
-                    from: std::mem::take(&mut st.from),
-                }
-            }
+            Ok(pieces) => self.word_from(&pieces, depth, via),
             Err(e) => {
                 self.fail("parse-error", e.to_string());
-                Word {
-                    text: raw.to_string(),
-                    dynamic: true,
-                    glob: false,
-                    from: Vec::new(),
-                }
+                Word::opaque(raw)
             }
+        }
+    }
+
+    fn word_from(&mut self, pieces: &[WordPieceWithSource], depth: usize, via: &[String]) -> Word {
+        let mut st = WordState::default();
+        self.pieces(pieces, false, &mut st, depth, via);
+        Word {
+            text: st.text,
+            dynamic: st.dynamic,
+            glob: st.glob,
+            from: st.from,
         }
     }
 
@@ -953,6 +908,33 @@ fn literal_output(c: &SimpleCommand) -> Option<String> {
         }),
         _ => None,
     }
+}
+
+/// The first limit an input exceeds, checked before brush-parser (which recurses and cannot be
+/// interrupted) sees it.
+fn over_limit(text: &str, depth: usize) -> Option<(&'static str, String)> {
+    if depth > MAX_DEPTH {
+        return Some((
+            "nesting-too-deep",
+            format!("more than {MAX_DEPTH} nested shells"),
+        ));
+    }
+    if text.len() > MAX_INPUT {
+        let detail = format!("{} bytes, limit {MAX_INPUT}", text.len());
+        return Some(("input-too-large", detail));
+    }
+    let tokens = token_estimate(text);
+    if tokens > MAX_TOKENS {
+        return Some((
+            "too-complex",
+            format!("about {tokens} tokens, limit {MAX_TOKENS}"),
+        ));
+    }
+    let nesting = nesting_estimate(text);
+    (nesting > MAX_NESTING).then(|| {
+        let detail = format!("syntactic nesting about {nesting}, limit {MAX_NESTING}");
+        ("nesting-too-deep", detail)
+    })
 }
 
 /// A cheap upper bound of the tokens brush-parser would produce: whitespace-separated runs plus

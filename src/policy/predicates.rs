@@ -218,7 +218,7 @@ fn is_remote_url(t: &str) -> bool {
             !host.is_empty()
                 && !host.contains('/')
                 && !host.starts_with('-')
-                && host.contains(|c: char| c == '@' || c == '.')
+                && host.contains(['@', '.'])
         }
         None => false,
     }

@@ -343,7 +343,7 @@ fn value_options(program: &str) -> &'static [&'static str] {
     }
 }
 
-fn positionals<'a>(cmd: &'a SimpleCommand) -> Vec<&'a str> {
+fn positionals(cmd: &SimpleCommand) -> Vec<&str> {
     let values = value_options(&cmd.program);
     let mut out = Vec::new();
     let mut skip_next = false;

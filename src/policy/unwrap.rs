@@ -741,12 +741,7 @@ fn xargs_placeholders(xargs_args: &[Word], inner: &mut Vec<Word>) {
                 .any(|a| a.text == "-i" || a.text == "--replace")
                 .then(|| "{}".to_string())
         });
-    let placeholder = Word {
-        text: STDIN_ARGS.into(),
-        dynamic: true,
-        glob: false,
-        from: Vec::new(),
-    };
+    let placeholder = Word::opaque(STDIN_ARGS);
     match replace {
         Some(r) if !r.is_empty() => {
             for a in inner.iter_mut().skip(1) {
