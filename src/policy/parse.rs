@@ -472,8 +472,10 @@ impl Walker {
         cmd.cwd = self.cwd.clone();
         cmd.via = via.to_vec();
         cmd.self_recursive = self.functions.contains(&cmd.program_path);
-        // A shell or `source` reading a process substitution runs its output as code.
-        if SHELLS.contains(&cmd.program.as_str()) {
+        // A shell, `source` or an interpreter reading a process substitution runs its output as code.
+        let runs_code = SHELLS.contains(&cmd.program.as_str())
+            || super::rules::in_class(super::rules::INTERPRETER_CLASS, &cmd.program);
+        if runs_code {
             for sub in &procsubs {
                 for &j in sub {
                     self.out.commands[j].stdout_to.push(cmd.program.clone());

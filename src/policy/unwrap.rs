@@ -681,6 +681,7 @@ impl Walker {
             "execlp",
         ];
         let mut found_dynamic = false;
+        let before = self.out.commands.len();
         let mut v = via.to_vec();
         v.push("inline code".into());
         for (pos, _) in text.match_indices('(') {
@@ -714,6 +715,25 @@ impl Walker {
             {
                 self.shell(inner, depth + 1, &v);
             }
+        }
+        // A command-running API used in a form not followed above (`system q(…)`, `qx{…}`,
+        // `exec(open(f).read())`): nothing was extracted, so fail closed.
+        let mentions = [
+            "system",
+            "exec",
+            "popen",
+            "spawn",
+            "subprocess",
+            "child_process",
+            "shell_exec",
+            "passthru",
+            "proc_open",
+            "qx",
+            "Open3",
+            "os.sys",
+        ];
+        if self.out.commands.len() == before && mentions.iter().any(|m| text.contains(m)) {
+            found_dynamic = true;
         }
         if awk && strip_awk_strings(text).contains('|') {
             found_dynamic = true;
