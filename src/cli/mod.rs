@@ -6,6 +6,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod policy;
+
+use policy::PolicyCommand;
+
 /// Sandboxed exec supervisor for AI agents.
 ///
 /// Every command is checked against a structural policy, then run in a fresh sandbox: new
@@ -22,6 +26,11 @@ struct Cli {
 enum Commands {
     /// Check one command against the policy and run it in a fresh sandbox (no daemon needed)
     Run(run::RunArgs),
+    /// Check, explain and lint command policies without running anything
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCommand,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -47,5 +56,6 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Commands::Run(args) => run::run(args),
+        Commands::Policy { cmd } => policy::run(cmd),
     }
 }

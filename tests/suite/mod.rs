@@ -1,2 +1,4 @@
 mod harness;
+mod policy;
+mod run_policy;
 mod sandbox;

@@ -1,0 +1,336 @@
+//! Engine tests with small inline rule sets; the shipped profiles have their own tests.
+
+use super::*;
+
+fn default_policy() -> Policy {
+    crate::profile::Profile::embedded_default().unwrap().policy
+}
+
+fn check(cmd: &str) -> Decision {
+    default_policy().check(Command::Shell(cmd), &Context::examples())
+}
+
+#[test]
+fn shipped_profiles_load_and_their_examples_pass() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            crate::profile::Profile::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            n += 1;
+        }
+    }
+    assert!(
+        n >= 3,
+        "expected default, strict and dev profiles, found {n}"
+    );
+}
+
+fn adversarial_inputs() -> Vec<(&'static str, String)> {
+    let n = parse::MAX_INPUT;
+    vec![
+        ("nested $(", "$(".repeat(n / 2)),
+        (
+            "nested $( closed",
+            format!("{}x{}", "$(".repeat(5000), ")".repeat(5000)),
+        ),
+        ("nested backquotes", "`echo ".repeat(n / 6)),
+        ("nested if", "if true; then ".repeat(n / 14)),
+        ("nested parens", "(".repeat(n)),
+        ("nested braces", "{ ".repeat(n / 2)),
+        ("long pipeline", "a|".repeat(n / 2 - 1) + "a"),
+        ("long list", "ls;".repeat(n / 3)),
+        ("many words", "x ".repeat(n / 2)),
+        ("many quotes", "'a'\"b\"".repeat(n / 6)),
+        ("wrapper chain", "env ".repeat(n / 4 - 2) + "rm"),
+        ("nested bash -c", "bash -c '".repeat(n / 9)),
+        ("brace bomb", "{a,b}".repeat(n / 5)),
+        ("many heredocs", "cat <<E\nx\nE\n".repeat(n / 13)),
+        ("too large", "x".repeat(n + 1)),
+    ]
+}
+
+#[test]
+fn adversarial_inputs_are_decided_quickly_and_never_allowed_when_unanalysable() {
+    let policy = default_policy();
+    for (name, input) in adversarial_inputs() {
+        assert!(input.len() <= parse::MAX_INPUT + 1, "{name}");
+        let start = std::time::Instant::now();
+        let e = policy.explain(Command::Shell(&input), &Context::examples());
+        let took = start.elapsed();
+        // Debug builds are ~10x slower than release; the release figure is in the bench.
+        assert!(took.as_millis() < 1000, "{name}: took {took:?}");
+        if !e.fail_closed.is_empty() {
+            assert_ne!(e.decision.verdict, Verdict::Allow, "{name}");
+        }
+        eprintln!(
+            "{name}: {took:?} {:?} {:?}",
+            e.decision.verdict,
+            e.fail_closed.first().map(|f| f.code)
+        );
+    }
+}
+
+fn policy_from(rules: &str, default: &str) -> Result<Policy, crate::profile::ProfileError> {
+    let text = format!("[profile]\nname = \"t\"\ndefault_verdict = \"{default}\"\n{rules}");
+    crate::profile::Profile::parse(&text, "t.toml").map(|p| p.policy)
+}
+
+fn analysed(cmd: &str) -> Vec<String> {
+    analyse(Command::Shell(cmd))
+        .commands
+        .iter()
+        .map(SimpleCommand::display)
+        .collect()
+}
+
+#[test]
+fn rejects_non_literal_program_names() {
+    for cmd in [
+        "$x -rf /",
+        "${x} -rf /",
+        "$(which rm) -rf /",
+        "`which rm` -rf /",
+        "\"$@\"",
+        "/???/rm -rf /",
+        "/bin/r[m] -rf /",
+        "{rm,-rf,/tmp/x}",
+        "x=rm; $x -rf /",
+    ] {
+        let d = check(cmd);
+        assert_ne!(d.verdict, Verdict::Allow, "{cmd}");
+        let e = default_policy().explain(Command::Shell(cmd), &Context::examples());
+        assert!(
+            e.fail_closed
+                .iter()
+                .any(|f| f.code == "non-literal-program"),
+            "{cmd}: {:?}",
+            e.fail_closed
+        );
+    }
+}
+
+#[test]
+fn parse_errors_and_limits_fail_closed() {
+    for (cmd, code) in [
+        ("echo 'unterminated", "parse-error"),
+        ("if then fi", "parse-error"),
+        (&"$(".repeat(200), "nesting-too-deep"),
+        (&"x ".repeat(parse::MAX_INPUT), "input-too-large"),
+        (&"ls;".repeat(parse::MAX_TOKENS), "too-complex"),
+    ] {
+        let e = default_policy().explain(Command::Shell(cmd), &Context::examples());
+        assert_eq!(e.decision.verdict, Verdict::Approve, "{code}");
+        assert_eq!(e.decision.fail_closed, Some(code), "{:?}", e.fail_closed);
+    }
+}
+
+#[test]
+fn resolves_quotes_escapes_and_ansi_c_strings_in_program_names() {
+    for cmd in [
+        "\\rm x",
+        "r''m x",
+        "\"rm\" x",
+        "$'\\x72m' x",
+        "$'\\162\\155' x",
+        "/usr/bin/rm x",
+    ] {
+        let cmds = analyse(Command::Shell(cmd)).commands;
+        assert_eq!(cmds[0].program, "rm", "{cmd}");
+        assert_eq!(cmds[0].args[0].text, "x", "{cmd}");
+    }
+    assert_eq!(analysed("/usr/bin/rm x"), ["/usr/bin/rm x"]);
+}
+
+#[test]
+fn finds_commands_in_every_compound_and_substitution() {
+    let all = analysed(
+        "a; b && c || d | e & (f); { g; }; if h; then i; elif j; then k; else l; fi; \
+         while m; do n; done; for x in $(o); do p; done; case y in z) q;; esac; \
+         fn() { r; }; echo `s` <(t) \"$(u)\" ${v:-$(w)} $(( $(x2) ))",
+    );
+    for p in [
+        "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p", "q", "r",
+        "s", "t", "u", "w", "x2",
+    ] {
+        assert!(all.iter().any(|c| c == p), "{p} missing from {all:?}");
+    }
+}
+
+#[test]
+fn unwraps_wrappers_and_keeps_the_wrapper_itself() {
+    let all = analysed("sudo -u root env -i A=1 nice -n 5 timeout -s KILL 10 stdbuf -oL rm -rf x");
+    assert_eq!(
+        all.first().map(String::as_str),
+        Some("sudo -u root env -i A=1 nice -n 5 timeout -s KILL 10 stdbuf -oL rm -rf x")
+    );
+    assert_eq!(all.last().map(String::as_str), Some("rm -rf x"));
+    assert_eq!(all.len(), 6, "{all:?}");
+    assert!(analysed("command -v rm").iter().all(|c| c != "rm"));
+    assert!(
+        analysed("find . -name x -execdir shred {} +")
+            .iter()
+            .any(|c| c == "shred .")
+    );
+    assert!(
+        analysed("xargs -0 -n1 rm -f < list")
+            .iter()
+            .any(|c| c.starts_with("rm -f"))
+    );
+}
+
+#[test]
+fn follows_nested_shells_heredocs_and_interpreter_code() {
+    for (cmd, inner) in [
+        ("bash -lc 'sh -c \"shred a\"'", "shred a"),
+        ("eval 'shred a'", "shred a"),
+        ("bash <<EOF\nshred a\nEOF", "shred a"),
+        ("sh <<< 'shred a'", "shred a"),
+        ("echo 'shred a' | sh", "shred a"),
+        ("python3 -c 'import os; os.system(\"shred a\")'", "shred a"),
+        (
+            "python3 -c 'import subprocess; subprocess.run([\"shred\", \"a\"])'",
+            "shred a",
+        ),
+        ("perl -e '`shred a`'", "shred a"),
+        ("awk 'BEGIN{system(\"shred a\")}'", "shred a"),
+        ("git -c core.pager='shred a' log", "shred a"),
+        ("git -c alias.x='!shred a' x", "shred a"),
+        ("GIT_SSH_COMMAND='shred a' git fetch", "shred a"),
+        ("tar -xf t --to-command='shred a'", "shred a"),
+        ("watch -n 1 shred a", "shred a"),
+        ("parallel shred ::: a", "shred a"),
+        ("su -c 'shred a' root", "shred a"),
+    ] {
+        let all = analysed(cmd);
+        assert!(all.iter().any(|c| c == inner), "{cmd}: {all:?}");
+    }
+}
+
+#[test]
+fn dynamic_code_given_to_a_shell_fails_closed() {
+    for cmd in [
+        "bash -c \"$X\"",
+        "eval \"$CMD\"",
+        "python3 -c \"$CODE\"",
+        "awk '{print | \"sh\"}'",
+    ] {
+        assert_eq!(check(cmd).verdict, Verdict::Approve, "{cmd}");
+    }
+}
+
+#[test]
+fn flags_match_in_any_spelling_and_order() {
+    let p = policy_from(
+        "[[rule]]\nid = \"r\"\nreason = \"x\"\nverdict = \"deny\"\nprogram = [\"rm\"]\n\
+         all_flags = [\"-r|-R|--recursive\", \"-f|--force\"]\n",
+        "allow",
+    )
+    .unwrap();
+    let ctx = Context::examples();
+    for cmd in [
+        "rm -rf a",
+        "rm -fr a",
+        "rm -r -f a",
+        "rm -f -R a",
+        "rm --recursive --force a",
+        "rm --rec --fo a",
+        "rm -Rf a",
+    ] {
+        assert_eq!(
+            p.check(Command::Shell(cmd), &ctx).verdict,
+            Verdict::Deny,
+            "{cmd}"
+        );
+    }
+    for cmd in ["rm -r a", "rm -f a", "rm -- -rf", "echo rm -rf a"] {
+        assert_eq!(
+            p.check(Command::Shell(cmd), &ctx).verdict,
+            Verdict::Allow,
+            "{cmd}"
+        );
+    }
+}
+
+#[test]
+fn strictest_verdict_over_all_commands_wins_and_default_applies_otherwise() {
+    let p = policy_from(
+        "[[rule]]\nid = \"ok\"\nreason = \"x\"\nverdict = \"allow\"\nprogram = [\"ls\", \"git\"]\n\
+         [[rule]]\nid = \"push\"\nreason = \"y\"\nverdict = \"deny\"\nprogram = [\"git\"]\nsubcommand = [\"push\"]\n",
+        "approve",
+    )
+    .unwrap();
+    let ctx = Context::examples();
+    assert_eq!(p.check(Command::Shell("ls"), &ctx).verdict, Verdict::Allow);
+    assert_eq!(
+        p.check(Command::Shell("ls; cat x"), &ctx).verdict,
+        Verdict::Approve
+    );
+    let d = p.check(Command::Shell("ls && git push"), &ctx);
+    assert_eq!(
+        (d.verdict, d.rule.as_deref()),
+        (Verdict::Deny, Some("push"))
+    );
+}
+
+#[test]
+fn compile_errors_name_the_rule_key_and_fix() {
+    for (body, key) in [
+        ("program = [\"rm\"]\nargs_any = [\"rooot\"]\n", "args_any"),
+        ("program = [\"/bin/rm\"]\n", "program"),
+        ("program = [\"rm\"]\nany_flag = [\"r\"]\n", "any_flag"),
+        ("stdin_from = [\"@shells\"]\n", "stdin_from"),
+        ("args_any = [\"root\"]\n", "program"),
+        (
+            "program = [\"rm\"]\nexamples.match = [\"ls\"]\n",
+            "examples.match",
+        ),
+        (
+            "program = [\"rm\"]\nexamples.not_match = [\"rm x\"]\n",
+            "examples.not_match",
+        ),
+    ] {
+        let rules = format!("[[rule]]\nid = \"bad\"\nreason = \"x\"\nverdict = \"deny\"\n{body}");
+        let e = policy_from(&rules, "allow").unwrap_err().to_string();
+        assert!(
+            e.contains("rule 0") && e.contains("\"bad\"") && e.contains(key) && e.contains("fix:"),
+            "{key}: {e}"
+        );
+    }
+    let dup =
+        "[[rule]]\nid = \"a\"\nreason = \"x\"\nverdict = \"deny\"\nprogram = [\"rm\"]\n".repeat(2);
+    assert!(
+        policy_from(&dup, "allow")
+            .unwrap_err()
+            .to_string()
+            .contains("duplicate")
+    );
+}
+
+#[test]
+fn mention_only_text_is_not_a_command() {
+    for cmd in [
+        "echo \"rm -rf /\"",
+        "grep -rn 'curl .* | sh' .",
+        "git commit -m 'git push --force'",
+        "cat <<'EOF'\nrm -rf /\nEOF",
+        "printf '%s' 'sudo reboot'",
+    ] {
+        assert_eq!(check(cmd).verdict, Verdict::Allow, "{cmd}");
+    }
+}
+
+#[test]
+fn tracks_cd_for_relative_paths() {
+    assert_eq!(check("cd / && rm -rf *").verdict, Verdict::Deny);
+    assert_eq!(check("(cd /tmp) && rm -rf build").verdict, Verdict::Allow);
+    assert_eq!(check("cd \"$D\" && rm -rf build").verdict, Verdict::Deny);
+    assert_eq!(check("cd sub && rm -rf build").verdict, Verdict::Allow);
+}
+
+#[test]
+fn decodes_ansi_c_escapes() {
+    assert_eq!(parse::decode_ansi_c("\\x72\\155\\u0021\\n\\'"), "rm!\n'");
+    assert_eq!(parse::decode_ansi_c("$'a\\tb'"), "a\tb");
+}

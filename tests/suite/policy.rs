@@ -1,0 +1,195 @@
+//! The public policy corpus (`tests/corpus/policy.tsv`) against the embedded default profile,
+//! plus property tests: quoting/escaping variants of flagged commands stay flagged, and input
+//! the parser rejects is never allowed.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use execbox::policy::{Command, Context, Verdict};
+use execbox::profile::Profile;
+use proptest::prelude::*;
+
+fn ctx() -> Context {
+    Context::examples()
+}
+
+/// Loaded once: loading checks every rule example, which property tests would repeat.
+fn profile() -> &'static Profile {
+    static PROFILE: OnceLock<Profile> = OnceLock::new();
+    PROFILE.get_or_init(|| Profile::embedded_default().expect("embedded default loads"))
+}
+
+fn verdict(cmd: &str) -> Verdict {
+    profile().policy.check(Command::Shell(cmd), &ctx()).verdict
+}
+
+fn corpus() -> Vec<(Verdict, String)> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/policy.tsv");
+    let text = std::fs::read_to_string(&path).expect("corpus exists");
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (v, cmd) = l.split_once('\t').expect("verdict<TAB>command");
+            let v = match v {
+                "allow" => Verdict::Allow,
+                "approve" => Verdict::Approve,
+                "deny" => Verdict::Deny,
+                other => panic!("bad verdict {other:?} in corpus"),
+            };
+            (v, cmd.replace('⏎', "\n"))
+        })
+        .collect()
+}
+
+#[test]
+fn corpus_verdicts_match_exactly() {
+    let profile = Profile::embedded_default().unwrap();
+    let lines = corpus();
+    assert!(lines.len() >= 300, "corpus too small: {}", lines.len());
+    let (mut dangerous, mut flagged, mut benign, mut false_flags) = (0, 0, 0, 0);
+    let mut wrong = Vec::new();
+    for (expected, cmd) in &lines {
+        let got = profile.policy.check(Command::Shell(cmd), &ctx());
+        if *expected == Verdict::Allow {
+            benign += 1;
+            false_flags += usize::from(got.verdict != Verdict::Allow);
+        } else {
+            dangerous += 1;
+            flagged += usize::from(got.verdict != Verdict::Allow);
+        }
+        if got.verdict != *expected {
+            wrong.push(format!(
+                "expected {} got {} ({:?}: {}) for {cmd:?}",
+                expected.as_str(),
+                got.verdict.as_str(),
+                got.rule,
+                got.reason
+            ));
+        }
+    }
+    eprintln!(
+        "corpus: {} lines; dangerous flagged {flagged}/{dangerous}; benign false flags {false_flags}/{benign}",
+        lines.len()
+    );
+    assert!(
+        wrong.is_empty(),
+        "{} mismatches:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn argv_mode_unwraps_the_same_way() {
+    let profile = Profile::embedded_default().unwrap();
+    let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let deny = argv(&["sudo", "env", "bash", "-c", "rm -rf /"]);
+    let allow = argv(&["rm", "-rf", "build"]);
+    assert_eq!(
+        profile.policy.check(Command::Argv(&deny), &ctx()).verdict,
+        Verdict::Deny
+    );
+    assert_eq!(
+        profile.policy.check(Command::Argv(&allow), &ctx()).verdict,
+        Verdict::Allow
+    );
+}
+
+/// Ways to spell one word that bash treats identically.
+fn spell(word: &str, style: u8) -> String {
+    match style % 6 {
+        0 => word.to_string(),
+        1 => format!("'{word}'"),
+        2 => format!("\"{word}\""),
+        3 => word
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    format!("\\{c}")
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+        4 => {
+            let (a, b) = word.split_at(word.len() / 2);
+            format!("{a}''{b}")
+        }
+        _ => format!(
+            "$'{}'",
+            word.chars()
+                .map(|c| format!("\\x{:02x}", c as u32))
+                .collect::<String>()
+        ),
+    }
+}
+
+const FLAGGED: &[&[&str]] = &[
+    &["rm", "-rf", "/"],
+    &["rm", "-r", "-f", "/etc"],
+    &["git", "push", "--force"],
+    &["git", "push", "origin", "+main"],
+    &["mkfs.ext4", "/dev/sda1"],
+    &["dd", "if=/dev/zero", "of=/dev/sda"],
+    &["sudo", "id"],
+    &["terraform", "destroy"],
+    &["kubectl", "delete", "ns", "prod"],
+    &["shutdown", "-h", "now"],
+];
+
+const WRAPPERS: &[&str] = &[
+    "",
+    "env ",
+    "command ",
+    "nice ",
+    "timeout 5 ",
+    "sudo ",
+    "bash -c ",
+    "eval ",
+];
+
+proptest! {
+    #[test]
+    fn quoting_and_escaping_variants_stay_flagged(
+        which in 0..FLAGGED.len(),
+        styles in proptest::collection::vec(0u8..6, 8),
+        wrapper in 0..WRAPPERS.len(),
+    ) {
+        let words = FLAGGED[which];
+        let base = verdict(&words.join(" "));
+        prop_assert!(base != Verdict::Allow);
+        let spelled: Vec<String> = words.iter().zip(&styles).map(|(w, s)| spell(w, *s)).collect();
+        let mut cmd = spelled.join(" ");
+        let w = WRAPPERS[wrapper];
+        if w == "bash -c " || w == "eval " {
+            cmd = format!("{w}'{}'", cmd.replace('\'', "'\\''"));
+        } else {
+            cmd = format!("{w}{cmd}");
+        }
+        prop_assert!(verdict(&cmd) >= base, "{cmd:?} was {:?}, plain form {:?}", verdict(&cmd), base);
+    }
+
+    #[test]
+    fn unparseable_or_arbitrary_input_is_never_allowed_when_unanalysable(s in "[ -~]{0,80}") {
+        let e = profile().policy.explain(Command::Shell(&s), &ctx());
+        if !e.fail_closed.is_empty() {
+            prop_assert!(e.decision.verdict != Verdict::Allow, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn unbalanced_quotes_and_substitutions_are_never_allowed(
+        prefix in "[a-z ]{0,10}",
+        opener in prop::sample::select(vec!["'", "\"", "$(", "`", "<<", "${", "(", "{"]),
+        tail in "[a-z -]{0,10}",
+    ) {
+        let s = format!("{prefix}{opener}{tail}");
+        let e = profile().policy.explain(Command::Shell(&s), &ctx());
+        let parses = brush_parser_accepts(&e);
+        prop_assert!(parses || e.decision.verdict != Verdict::Allow, "{s:?}");
+    }
+}
+
+fn brush_parser_accepts(e: &execbox::policy::Explanation) -> bool {
+    !e.fail_closed.iter().any(|f| f.code == "parse-error")
+}
