@@ -1,6 +1,8 @@
 //! The `execbox` command line. The only place that turns typed errors into reports.
 
+mod remote;
 mod run;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -22,17 +24,38 @@ struct Cli {
 enum Commands {
     /// Check one command against the policy and run it in a fresh sandbox (no daemon needed)
     Run(run::RunArgs),
+    /// Run the supervisor daemon: HTTP/1.1 + JSON over two Unix sockets (agent, operator)
+    Serve(serve::ServeArgs),
+}
+
+/// Sets up logging on stderr; `EXECBOX_LOG` overrides the level.
+pub(crate) fn init_tracing(json: bool, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EXECBOX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+/// An error and its sources on one line.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 pub fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EXECBOX_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
     // Usage errors are bad input: one line naming the problem, exit 125 (as `docker run`).
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -46,6 +69,10 @@ pub fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     match cli.command {
-        Commands::Run(args) => run::run(args),
+        Commands::Run(args) => {
+            init_tracing(false, "warn");
+            run::run(args)
+        }
+        Commands::Serve(args) => serve::serve(args),
     }
 }

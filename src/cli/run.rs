@@ -19,7 +19,7 @@ pub const EXIT_REFUSED: u8 = 125;
 pub const EXIT_SETUP: u8 = 126;
 
 /// The PATH inside the sandbox.
-pub const SANDBOX_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
+pub use crate::server::api::SANDBOX_PATH;
 
 #[derive(Args, Debug)]
 #[command(after_help = "\

@@ -870,3 +870,153 @@ pub fn peer_closed(sock: RawFd) -> bool {
     };
     r == 0
 }
+
+// ---------------------------------------------------------------------------------------------
+// The daemon's spawner (src/server/spawner.rs): a single-threaded process that forks one
+// supervisor per job, fed over a Unix socket with the job's descriptors attached.
+// ---------------------------------------------------------------------------------------------
+
+/// Most descriptors one spawner message carries.
+pub const MAX_FDS_PER_MESSAGE: usize = 8;
+
+/// `fork(2)` that refuses (EDEADLK) when this process has more than one thread, like
+/// [`clone_sandbox`]: the spawner and its per-job supervisors must stay single-threaded. The
+/// child runs `child`, which ends in [`exit`] (a panic is caught by an exit guard).
+pub fn fork_single_threaded<F: FnOnce() -> std::convert::Infallible>(
+    child: F,
+) -> SysResult<libc::pid_t> {
+    match thread_count() {
+        Ok(1) => {}
+        _ => return Err(Errno(libc::EDEADLK)),
+    }
+    // SAFETY: this process has exactly one thread (checked above), so the child cannot inherit
+    // a lock held by another thread; the child ends in `_exit` (guarded against unwinding).
+    let pid = check_int(unsafe { libc::fork() })?;
+    if pid == 0 {
+        let _guard = ExitGuard;
+        #[allow(unreachable_code)]
+        match child() {}
+    }
+    Ok(pid)
+}
+
+pub fn getpid() -> libc::pid_t {
+    // SAFETY: always succeeds.
+    unsafe { libc::getpid() }
+}
+
+/// One `sendmsg(2)` of `data` with `fds` attached (SCM_RIGHTS); returns the bytes sent (the
+/// caller sends any rest with plain writes: the fds travel with the first byte).
+pub fn send_with_fds(
+    sock: BorrowedFd<'_>,
+    data: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> SysResult<usize> {
+    if fds.len() > MAX_FDS_PER_MESSAGE || data.is_empty() {
+        return Err(Errno(libc::EINVAL));
+    }
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // Room for MAX_FDS_PER_MESSAGE fds, aligned like cmsghdr.
+    let mut cbuf = [0u64; 8];
+    // SAFETY: a zeroed msghdr is valid; fields set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        let payload = (size_of::<RawFd>() * fds.len()) as u32;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE is a pure computation.
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(payload) } as usize;
+        // SAFETY: msg_control points to a buffer of at least msg_controllen bytes (8 fds need
+        // 48 of its 64), so the first header is in bounds.
+        let first = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+        // SAFETY: non-null (the buffer holds at least one header) and exclusively ours.
+        let cmsg = unsafe { &mut *first };
+        cmsg.cmsg_level = libc::SOL_SOCKET;
+        cmsg.cmsg_type = libc::SCM_RIGHTS;
+        // SAFETY: pure computation.
+        cmsg.cmsg_len = unsafe { libc::CMSG_LEN(payload) } as usize;
+        // SAFETY: CMSG_DATA of an in-bounds header has room for `fds.len()` RawFds.
+        let data_ptr = unsafe { libc::CMSG_DATA(cmsg) } as *mut RawFd;
+        for (i, fd) in fds.iter().enumerate() {
+            // SAFETY: i < fds.len(), within the payload reserved above; may be unaligned.
+            let slot = unsafe { data_ptr.add(i) };
+            // SAFETY: `slot` is in bounds of the control buffer.
+            unsafe { slot.write_unaligned(fd.as_raw_fd()) };
+        }
+    }
+    retry(|| {
+        // SAFETY: msg and everything it points to live across the call.
+        let r = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        check(r as libc::c_long).map(|n| n as usize)
+    })
+}
+
+/// One `recvmsg(2)` into `buf`; the fds that arrive (close-on-exec) are appended to `fds`.
+/// Returns the bytes read (0 on EOF).
+pub fn recv_with_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> SysResult<usize> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut cbuf = [0u64; 8];
+    // SAFETY: a zeroed msghdr is valid; fields set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = size_of_val(&cbuf);
+    let n = retry(|| {
+        // SAFETY: msg points to live buffers of the sizes given.
+        let r = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        check(r as libc::c_long)
+    })?;
+    // SAFETY: msg was filled by recvmsg; CMSG_FIRSTHDR checks controllen.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !cmsg.is_null() {
+        // SAFETY: non-null header within the buffer recvmsg filled.
+        let c = unsafe { &*cmsg };
+        if c.cmsg_level == libc::SOL_SOCKET && c.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: pure computation.
+            let header = unsafe { libc::CMSG_LEN(0) } as usize;
+            let count = (c.cmsg_len as usize).saturating_sub(header) / size_of::<RawFd>();
+            // SAFETY: an SCM_RIGHTS header is followed by `count` fds.
+            let p = unsafe { libc::CMSG_DATA(cmsg) } as *const RawFd;
+            for i in 0..count {
+                // SAFETY: i < count, within this header's payload.
+                let slot = unsafe { p.add(i) };
+                // SAFETY: in bounds, possibly unaligned.
+                let fd = unsafe { slot.read_unaligned() };
+                fds.push(owned(fd));
+            }
+        }
+        // SAFETY: msg and the current header are valid; returns null past the end.
+        cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
+    }
+    Ok(n as usize)
+}
+
+/// `umask(2)`; returns the previous mask.
+pub fn umask(mask: libc::mode_t) -> libc::mode_t {
+    // SAFETY: umask always succeeds and only changes this process's file-creation mask.
+    unsafe { libc::umask(mask) }
+}
+
+/// Takes ownership of a descriptor inherited at exec (systemd socket activation: fds 3…),
+/// after checking it is open, and marks it close-on-exec.
+pub fn adopt_inherited_fd(fd: RawFd) -> SysResult<OwnedFd> {
+    // SAFETY: fcntl on an integer; fails with EBADF when nothing is open there.
+    let flags = check_int(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    // SAFETY: fcntl on an fd just checked to be open.
+    check_int(unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) })?;
+    // SAFETY: the service manager passed this fd to us and nothing else in this process owns it
+    // (the caller adopts each LISTEN_FDS fd exactly once, at start).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
