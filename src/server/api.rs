@@ -964,3 +964,94 @@ async fn read_opt(
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (method, path, socket) of every operation in `docs/openapi.yaml`, by a line scan of its
+    /// `paths:` section (2-space path keys, 4-space method keys, 6-space `x-socket`).
+    fn spec_routes() -> Vec<(String, String, String)> {
+        let spec = include_str!("../../docs/openapi.yaml");
+        let mut out = vec![];
+        let (mut in_paths, mut path, mut method) = (false, String::new(), String::new());
+        for line in spec.lines() {
+            if !line.starts_with(' ') {
+                in_paths = line == "paths:";
+                continue;
+            }
+            if !in_paths {
+                continue;
+            }
+            if let Some(p) = line.strip_prefix("  /") {
+                path = format!("/{}", p.trim_end_matches(':'));
+            } else if let Some(m) = line.strip_prefix("    ").filter(|m| !m.starts_with(' ')) {
+                method = m.trim_end_matches(':').to_ascii_uppercase();
+            } else if let Some(s) = line.strip_prefix("      x-socket: ") {
+                out.push((method.clone(), path.clone(), s.trim().to_string()));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn routes_match_the_openapi_spec() {
+        let mut code: Vec<(String, String, String)> = ROUTES
+            .iter()
+            .map(|(s, m, p)| {
+                let socket = match s {
+                    Socket::Agent => "agent",
+                    Socket::Operator => "operator",
+                };
+                (m.to_string(), p.to_string(), socket.to_string())
+            })
+            .collect();
+        code.sort();
+        assert_eq!(code, spec_routes(), "docs/openapi.yaml and ROUTES differ");
+    }
+
+    /// Every `ApiError::new(StatusCode::X, "code", …)` code in the server is listed in the
+    /// spec's `ErrorCode` enum.
+    #[test]
+    fn every_error_code_in_the_code_is_in_the_spec() {
+        let spec = include_str!("../../docs/openapi.yaml");
+        let enum_start = spec.find("ErrorCode:").unwrap();
+        let enum_text = &spec[enum_start..enum_start + spec[enum_start..].find("Error:").unwrap()];
+        let mut seen = 0;
+        for src in [include_str!("api.rs"), include_str!("mod.rs")] {
+            let src = src.split("#[cfg(test)]").next().unwrap();
+            for (i, _) in src.match_indices("StatusCode::") {
+                let rest = &src[i..];
+                let Some(comma) = rest.find(',') else {
+                    continue;
+                };
+                let after = rest[comma + 1..].trim_start();
+                if let Some(lit) = after.strip_prefix('"') {
+                    let code = &lit[..lit.find('"').unwrap()];
+                    if code.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                        seen += 1;
+                        assert!(
+                            enum_text.contains(code),
+                            "error code {code} is not in ErrorCode in docs/openapi.yaml"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(seen >= 10, "the scan found only {seen} codes");
+    }
+
+    #[test]
+    fn cwd_stays_inside_the_workspace() {
+        let ws = Path::new("/srv/ws/s_1");
+        assert_eq!(inside(ws, "sub").unwrap(), Path::new("/srv/ws/s_1/sub"));
+        assert_eq!(
+            inside(ws, "/srv/ws/s_1/a").unwrap(),
+            Path::new("/srv/ws/s_1/a")
+        );
+        assert!(inside(ws, "../s_2").is_err());
+        assert!(inside(ws, "/srv/ws/s_2").is_err());
+        assert!(inside(ws, "/etc").is_err());
+    }
+}
