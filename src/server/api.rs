@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use super::Server;
 use super::auth;
 use super::spawner::{JobFds, JobRequest, SupervisorEvent, WireLimits};
-use super::state::{Job, JobState, Metrics, Session, unix_now};
+use super::state::{Job, JobState, Metrics, Session};
 use crate::policy::{Command, Context, Verdict};
 use crate::units::{parse_duration, parse_size};
 
@@ -647,15 +647,7 @@ async fn exec(
             let mut st = srv.state();
             st.jobs.insert(
                 job_id.clone(),
-                Job {
-                    id: job_id.clone(),
-                    session: caller.clone(),
-                    argv: argv.clone(),
-                    created_at: unix_now(),
-                    state: JobState::Refused,
-                    exit: None,
-                    cancel: None,
-                },
+                Job::new(&job_id, &caller, &argv, JobState::Refused, None),
             );
             let keep = srv.config.limits.finished_jobs_kept;
             st.finish(&job_id, JobState::Refused, exit.clone(), keep);
@@ -711,15 +703,13 @@ async fn exec(
         st.running += 1;
         st.jobs.insert(
             job_id.clone(),
-            Job {
-                id: job_id.clone(),
-                session: caller.clone(),
-                argv: argv.clone(),
-                created_at: unix_now(),
-                state: JobState::Running,
-                exit: None,
-                cancel: Some(cancel_w.clone()),
-            },
+            Job::new(
+                &job_id,
+                &caller,
+                &argv,
+                JobState::Running,
+                Some(cancel_w.clone()),
+            ),
         );
     }
 

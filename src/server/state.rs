@@ -53,6 +53,24 @@ pub struct Job {
 }
 
 impl Job {
+    pub fn new(
+        id: &str,
+        session: &str,
+        argv: &[String],
+        state: JobState,
+        cancel: Option<Arc<OwnedFd>>,
+    ) -> Job {
+        Job {
+            id: id.to_string(),
+            session: session.to_string(),
+            argv: argv.to_vec(),
+            created_at: unix_now(),
+            state,
+            exit: None,
+            cancel,
+        }
+    }
+
     pub fn view(&self) -> serde_json::Value {
         serde_json::json!({
             "job": self.id,
