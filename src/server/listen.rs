@@ -248,6 +248,20 @@ async fn connection(srv: Arc<Server>, mut stream: tokio::net::UnixStream, socket
     if !allowed {
         Metrics::inc(&srv.metrics.peers_refused);
         tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, ?socket, "peer refused: not in the allowlist");
+        // Read (and ignore) the request head first: a reply to a client that is still sending
+        // looks to it like a failed connection (curl reports "couldn't connect"). Bounded in
+        // size and time; nothing in it is interpreted.
+        let mut head = Vec::with_capacity(1024);
+        let mut buf = [0u8; 1024];
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+            while head.len() < 16 << 10 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
         let _ = stream.write_all(&api::forbidden_peer_reply(peer.uid)).await;
         let _ = stream.shutdown().await;
         return;
