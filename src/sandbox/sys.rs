@@ -121,10 +121,11 @@ pub fn clone_sandbox<F: FnOnce() -> std::convert::Infallible>(
     })
 }
 
-/// Plain `fork(2)` for the sandbox init (single-threaded by construction); `child` never returns.
+/// Plain `fork(2)` for single-threaded processes (the sandbox init, the daemon's spawner via
+/// [`fork_single_threaded`]); `child` never returns.
 pub fn fork<F: FnOnce() -> std::convert::Infallible>(child: F) -> SysResult<libc::pid_t> {
-    // SAFETY: called only inside the sandbox init, which is single-threaded; the child runs
-    // code that ends in execve or _exit.
+    // SAFETY: called only from single-threaded processes (the sandbox init, or after
+    // `fork_single_threaded`'s thread check); the child runs code that ends in execve or _exit.
     let pid = check_int(unsafe { libc::fork() })?;
     if pid == 0 {
         let _guard = ExitGuard;
@@ -921,15 +922,7 @@ pub fn fork_single_threaded<F: FnOnce() -> std::convert::Infallible>(
         Ok(1) => {}
         _ => return Err(Errno(libc::EDEADLK)),
     }
-    // SAFETY: this process has exactly one thread (checked above), so the child cannot inherit
-    // a lock held by another thread; the child ends in `_exit` (guarded against unwinding).
-    let pid = check_int(unsafe { libc::fork() })?;
-    if pid == 0 {
-        let _guard = ExitGuard;
-        #[allow(unreachable_code)]
-        match child() {}
-    }
-    Ok(pid)
+    fork(child)
 }
 
 pub fn getpid() -> libc::pid_t {
