@@ -9,7 +9,9 @@
 //! - [`units`]: parsing of sizes and durations shared by the CLI and the profile.
 
 pub mod cli;
+pub mod config;
 pub mod policy;
 pub mod profile;
 pub mod sandbox;
+pub mod server;
 pub mod units;

@@ -1,6 +1,8 @@
 //! The `execbox` command line. The only place that turns typed errors into reports.
 
+mod remote;
 mod run;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -31,17 +33,38 @@ enum Commands {
         #[command(subcommand)]
         cmd: PolicyCommand,
     },
+    /// Run the supervisor daemon: HTTP/1.1 + JSON over two Unix sockets (agent, operator)
+    Serve(serve::ServeArgs),
+}
+
+/// Sets up logging on stderr; `EXECBOX_LOG` overrides the level.
+pub(crate) fn init_tracing(json: bool, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EXECBOX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+/// An error and its sources on one line.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 pub fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EXECBOX_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
     // Usage errors are bad input: one line naming the problem, exit 125 (as `docker run`).
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -55,7 +78,11 @@ pub fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     match cli.command {
-        Commands::Run(args) => run::run(args),
+        Commands::Run(args) => {
+            init_tracing(false, "warn");
+            run::run(args)
+        }
+        Commands::Serve(args) => serve::serve(args),
         Commands::Policy { cmd } => policy::run(cmd),
     }
 }

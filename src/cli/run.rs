@@ -19,7 +19,7 @@ pub const EXIT_REFUSED: u8 = 125;
 pub const EXIT_SETUP: u8 = 126;
 
 /// The PATH inside the sandbox.
-pub const SANDBOX_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
+pub use crate::server::api::SANDBOX_PATH;
 
 #[derive(Args, Debug)]
 #[command(after_help = "\
@@ -61,6 +61,10 @@ pub struct RunArgs {
     /// Host uid/gid the sandbox runs as when a root-run sandbox gets a root-owned workspace
     #[arg(long, value_name = "ID", env = "EXECBOX_SANDBOX_ID", default_value_t = DEFAULT_SANDBOX_ID)]
     sandbox_id: u32,
+    /// Go through the daemon listening on this agent socket instead of running in-process
+    /// (the session's own workspace is used; --workspace and --policy do not apply)
+    #[arg(long, value_name = "PATH", env = "EXECBOX_SOCKET")]
+    socket: Option<PathBuf>,
     /// Run this string with /bin/bash -c inside the sandbox (the grammar the policy parses)
     #[arg(short = 'c', value_name = "STRING", conflicts_with = "command")]
     shell: Option<String>,
@@ -121,6 +125,10 @@ pub fn run(args: RunArgs) -> ExitCode {
             );
         }
     };
+
+    if let Some(socket) = &args.socket {
+        return through_daemon(&args, socket, &argv, shell.as_deref());
+    }
 
     let profile = match &args.policy {
         Some(p) => Profile::load(p),
@@ -315,6 +323,44 @@ pub fn run(args: RunArgs) -> ExitCode {
             &format!("sandbox setup failed: {e}"),
         ),
     }
+}
+
+/// `--socket`: the same command through the daemon (`remote.rs`).
+fn through_daemon(
+    args: &RunArgs,
+    socket: &std::path::Path,
+    argv: &[String],
+    shell: Option<&str>,
+) -> ExitCode {
+    if args.workspace.is_some() || args.policy.is_some() {
+        return refuse(
+            args.json,
+            EXIT_REFUSED,
+            "usage",
+            "--workspace and --policy do not apply with --socket (the daemon gives each session its own workspace and profile); fix: drop them, or unset EXECBOX_SOCKET",
+        );
+    }
+    // Our stdin goes to the command unless it is a terminal (as in-process).
+    let stdin = if std::io::stdin().is_terminal() {
+        None
+    } else {
+        let mut data = Vec::new();
+        match std::io::Read::read_to_end(&mut std::io::stdin(), &mut data) {
+            Ok(_) if !data.is_empty() => Some(data),
+            _ => None,
+        }
+    };
+    super::remote::run(super::remote::Remote {
+        socket,
+        argv,
+        shell,
+        env: &args.env,
+        timeout: args.timeout,
+        memory: args.memory,
+        pids: args.pids,
+        stdin,
+        json: args.json,
+    })
 }
 
 fn refusal_text(d: &Decision, what: &str) -> String {

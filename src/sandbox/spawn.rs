@@ -549,9 +549,11 @@ fn supervise(
                     .map_err(|e| step_error("wait", String::new(), e))?,
             );
         }
-        if draining && ready == 0 {
-            // Nothing left can write; anything still open is a descriptor leaked to a process
-            // outside the job (impossible by construction): stop waiting.
+        // Nothing readable for a second after pid 1 was reaped: every writer is gone, so any
+        // descriptor still open is one leaked outside the job (impossible by construction) and
+        // waiting longer would hang. A stream waiting for a slow *reader* is not such a case:
+        // its bytes are already in our pipe and must all be delivered.
+        if draining && ready == 0 && !out.output_blocked && !err.output_blocked {
             break;
         }
     }

@@ -121,10 +121,11 @@ pub fn clone_sandbox<F: FnOnce() -> std::convert::Infallible>(
     })
 }
 
-/// Plain `fork(2)` for the sandbox init (single-threaded by construction); `child` never returns.
+/// Plain `fork(2)` for single-threaded processes (the sandbox init, the daemon's spawner via
+/// [`fork_single_threaded`]); `child` never returns.
 pub fn fork<F: FnOnce() -> std::convert::Infallible>(child: F) -> SysResult<libc::pid_t> {
-    // SAFETY: called only inside the sandbox init, which is single-threaded; the child runs
-    // code that ends in execve or _exit.
+    // SAFETY: called only from single-threaded processes (the sandbox init, or after
+    // `fork_single_threaded`'s thread check); the child runs code that ends in execve or _exit.
     let pid = check_int(unsafe { libc::fork() })?;
     if pid == 0 {
         let _guard = ExitGuard;
@@ -349,50 +350,77 @@ pub fn send_byte_with_fd(
     byte: u8,
     fd: Option<BorrowedFd<'_>>,
 ) -> SysResult<()> {
-    let mut data = [byte];
+    let raw = [fd.map_or(-1, |f| f.as_raw_fd())];
+    let fds: &[RawFd] = if fd.is_some() { &raw } else { &[] };
+    sendmsg_fds(sock.as_raw_fd(), &[byte], fds).map(drop)
+}
+
+/// Receives one byte and at most one fd (close-on-exec; any extra fd is closed). `Ok(None)` on
+/// EOF. Does not allocate (it runs in the sandbox child).
+pub fn recv_byte_with_fd(sock: RawFd) -> SysResult<Option<(u8, Option<RawFd>)>> {
+    let mut data = [0u8];
+    let mut first = None;
+    let n = recvmsg_fds(sock, &mut data, &mut |fd| match first {
+        None => first = Some(fd),
+        Some(_) => close(fd),
+    })?;
+    Ok((n != 0).then_some((data[0], first)))
+}
+
+/// One `sendmsg(2)` of `data` with `fds` attached (SCM_RIGHTS, at most
+/// [`MAX_FDS_PER_MESSAGE`]); returns the bytes sent. Does not allocate.
+fn sendmsg_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> SysResult<usize> {
+    if fds.len() > MAX_FDS_PER_MESSAGE || data.is_empty() {
+        return Err(Errno(libc::EINVAL));
+    }
     let mut iov = libc::iovec {
-        iov_base: data.as_mut_ptr().cast(),
-        iov_len: 1,
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
     };
-    // Room for one fd, aligned like cmsghdr.
-    let mut cbuf = [0u64; 4];
+    // Room for MAX_FDS_PER_MESSAGE fds, aligned like cmsghdr.
+    let mut cbuf = [0u64; 8];
     // SAFETY: a zeroed msghdr is valid; fields set below.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
-    if let Some(fd) = fd {
+    if !fds.is_empty() {
+        let payload = size_of_val(fds) as u32;
         msg.msg_control = cbuf.as_mut_ptr().cast();
         // SAFETY: CMSG_SPACE is a pure computation.
-        msg.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as usize;
-        // SAFETY: msg_control points to a buffer of msg_controllen bytes, so the first header
-        // is in bounds.
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(payload) } as usize;
+        // SAFETY: msg_control points to a buffer of at least msg_controllen bytes (8 fds need
+        // 48 of its 64), so the first header is in bounds.
         let first = unsafe { libc::CMSG_FIRSTHDR(&msg) };
         // SAFETY: non-null (the buffer holds at least one header) and exclusively ours.
         let cmsg = unsafe { &mut *first };
         cmsg.cmsg_level = libc::SOL_SOCKET;
         cmsg.cmsg_type = libc::SCM_RIGHTS;
         // SAFETY: pure computation.
-        cmsg.cmsg_len = unsafe { libc::CMSG_LEN(size_of::<RawFd>() as u32) } as usize;
-        // SAFETY: CMSG_DATA of an in-bounds header has room for one RawFd (CMSG_SPACE above).
+        cmsg.cmsg_len = unsafe { libc::CMSG_LEN(payload) } as usize;
+        // SAFETY: CMSG_DATA of an in-bounds header has room for `fds.len()` RawFds.
         let data_ptr = unsafe { libc::CMSG_DATA(cmsg) } as *mut RawFd;
-        // SAFETY: data_ptr is in bounds and may be unaligned.
-        unsafe { data_ptr.write_unaligned(fd.as_raw_fd()) };
+        for (i, fd) in fds.iter().enumerate() {
+            // SAFETY: i < fds.len(), within the payload reserved above.
+            let slot = unsafe { data_ptr.add(i) };
+            // SAFETY: `slot` is in bounds of the control buffer; it may be unaligned.
+            unsafe { slot.write_unaligned(*fd) };
+        }
     }
     retry(|| {
         // SAFETY: msg and everything it points to live across the call.
-        let r = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-        check(r as libc::c_long).map(drop)
+        let r = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+        check(r as libc::c_long).map(|n| n as usize)
     })
 }
 
-/// Receives one byte and at most one fd (close-on-exec). `Ok(None)` on EOF.
-pub fn recv_byte_with_fd(sock: RawFd) -> SysResult<Option<(u8, Option<RawFd>)>> {
-    let mut data = [0u8];
+/// One `recvmsg(2)` into `buf`; every received fd (close-on-exec) is handed to `on_fd`.
+/// Returns the bytes read (0 on EOF). Does not allocate.
+fn recvmsg_fds(sock: RawFd, buf: &mut [u8], on_fd: &mut dyn FnMut(RawFd)) -> SysResult<usize> {
     let mut iov = libc::iovec {
-        iov_base: data.as_mut_ptr().cast(),
-        iov_len: 1,
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
     };
-    let mut cbuf = [0u64; 4];
+    let mut cbuf = [0u64; 8];
     // SAFETY: a zeroed msghdr is valid; fields set below.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
@@ -404,23 +432,28 @@ pub fn recv_byte_with_fd(sock: RawFd) -> SysResult<Option<(u8, Option<RawFd>)>> 
         let r = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
         check(r as libc::c_long)
     })?;
-    if n == 0 {
-        return Ok(None);
-    }
-    let mut fd = None;
     // SAFETY: msg was filled by recvmsg; CMSG_FIRSTHDR checks controllen.
-    let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
-    if !cmsg.is_null() {
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !cmsg.is_null() {
         // SAFETY: non-null header within the buffer recvmsg filled.
         let c = unsafe { &*cmsg };
         if c.cmsg_level == libc::SOL_SOCKET && c.cmsg_type == libc::SCM_RIGHTS {
-            // SAFETY: an SCM_RIGHTS message carries at least one fd.
+            // SAFETY: pure computation.
+            let header = unsafe { libc::CMSG_LEN(0) } as usize;
+            let count = (c.cmsg_len as usize).saturating_sub(header) / size_of::<RawFd>();
+            // SAFETY: an SCM_RIGHTS header is followed by `count` fds.
             let p = unsafe { libc::CMSG_DATA(cmsg) } as *const RawFd;
-            // SAFETY: in bounds, possibly unaligned.
-            fd = Some(unsafe { p.read_unaligned() });
+            for i in 0..count {
+                // SAFETY: i < count, within this header's payload.
+                let slot = unsafe { p.add(i) };
+                // SAFETY: in bounds, possibly unaligned.
+                on_fd(unsafe { slot.read_unaligned() });
+            }
         }
+        // SAFETY: msg and the current header are valid; returns null past the end.
+        cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
     }
-    Ok(Some((data[0], fd)))
+    Ok(n as usize)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -879,4 +912,75 @@ pub fn peer_closed(sock: RawFd) -> bool {
         )
     };
     r == 0
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemon's spawner (src/server/spawner.rs): a single-threaded process that forks one
+// supervisor per job, fed over a Unix socket with the job's descriptors attached.
+// ---------------------------------------------------------------------------------------------
+
+/// Most descriptors one spawner message carries.
+pub const MAX_FDS_PER_MESSAGE: usize = 8;
+
+/// `fork(2)` that refuses (EDEADLK) when this process has more than one thread, like
+/// [`clone_sandbox`]: the spawner and its per-job supervisors must stay single-threaded. The
+/// child runs `child`, which ends in [`exit`] (a panic is caught by an exit guard).
+pub fn fork_single_threaded<F: FnOnce() -> std::convert::Infallible>(
+    child: F,
+) -> SysResult<libc::pid_t> {
+    match thread_count() {
+        Ok(1) => {}
+        _ => return Err(Errno(libc::EDEADLK)),
+    }
+    fork(child)
+}
+
+pub fn getpid() -> libc::pid_t {
+    // SAFETY: always succeeds.
+    unsafe { libc::getpid() }
+}
+
+/// One `sendmsg(2)` of `data` with `fds` attached (SCM_RIGHTS); returns the bytes sent (the
+/// caller sends any rest with plain writes: the fds travel with the first byte).
+pub fn send_with_fds(
+    sock: BorrowedFd<'_>,
+    data: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> SysResult<usize> {
+    if fds.len() > MAX_FDS_PER_MESSAGE {
+        return Err(Errno(libc::EINVAL));
+    }
+    let mut raw = [-1; MAX_FDS_PER_MESSAGE];
+    for (slot, fd) in raw.iter_mut().zip(fds) {
+        *slot = fd.as_raw_fd();
+    }
+    sendmsg_fds(sock.as_raw_fd(), data, &raw[..fds.len()])
+}
+
+/// One `recvmsg(2)` into `buf`; the fds that arrive (close-on-exec) are appended to `fds`.
+/// Returns the bytes read (0 on EOF).
+pub fn recv_with_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> SysResult<usize> {
+    recvmsg_fds(sock.as_raw_fd(), buf, &mut |fd| fds.push(owned(fd)))
+}
+
+/// `umask(2)`; returns the previous mask.
+pub fn umask(mask: libc::mode_t) -> libc::mode_t {
+    // SAFETY: umask always succeeds and only changes this process's file-creation mask.
+    unsafe { libc::umask(mask) }
+}
+
+/// Takes ownership of a descriptor inherited at exec (systemd socket activation: fds 3…),
+/// after checking it is open, and marks it close-on-exec.
+pub fn adopt_inherited_fd(fd: RawFd) -> SysResult<OwnedFd> {
+    // SAFETY: fcntl on an integer; fails with EBADF when nothing is open there.
+    let flags = check_int(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    // SAFETY: fcntl on an fd just checked to be open.
+    check_int(unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) })?;
+    // SAFETY: the service manager passed this fd to us and nothing else in this process owns it
+    // (the caller adopts each LISTEN_FDS fd exactly once, at start).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

@@ -10,11 +10,17 @@ pub static EXECBOX: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     std::env::var("EXECBOX_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_execbox").to_string())
 });
 
-pub fn fixture(name: &str) -> PathBuf {
-    let dir = std::env::var_os("EXECBOX_FIXTURES")
+/// A file of the source tree. `EXECBOX_SOURCE_DIR` overrides the checkout: `cargo xtask ci`
+/// stages what the tests read where its unprivileged user can reach it.
+pub fn source_path(rel: &str) -> PathBuf {
+    let dir = std::env::var_os("EXECBOX_SOURCE_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"));
-    dir.join(name)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    dir.join(rel)
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    source_path("tests/fixtures").join(name)
 }
 
 pub fn is_root() -> bool {

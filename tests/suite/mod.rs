@@ -1,3 +1,4 @@
+mod daemon;
 mod harness;
 mod policy;
 mod run_policy;

@@ -24,7 +24,7 @@ fn verdict(cmd: &str) -> Verdict {
 }
 
 fn corpus() -> Vec<(Verdict, String)> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/policy.tsv");
+    let path = super::harness::source_path("tests/corpus/policy.tsv");
     let text = std::fs::read_to_string(&path).expect("corpus exists");
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())

@@ -114,9 +114,7 @@ fn the_approval_prompt_shows_control_characters_visibly() {
 
 #[test]
 fn the_readme_opening_command_works_with_the_default_policy() {
-    let readme =
-        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-            .unwrap();
+    let readme = std::fs::read_to_string(source_path("README.md")).unwrap();
     let line = readme
         .lines()
         .find(|l| l.starts_with("cargo run --release -- run"))

@@ -769,8 +769,7 @@ const CAPABILITY_FIRST: &[&str] = &[
 
 #[test]
 fn every_denied_syscall_is_refused_by_seccomp_and_works_unfiltered() {
-    let probe =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probes/try_syscall.py");
+    let probe = source_path("tests/probes/try_syscall.py");
     let ws = Ws::new();
     let local = ws.path().join("try_syscall.py");
     std::fs::copy(&probe, &local).unwrap();
@@ -898,4 +897,24 @@ fn a_missing_layer_fails_closed_unless_the_profile_names_the_degradation() {
         "{}",
         text(&o.stderr)
     );
+}
+
+#[test]
+fn a_slow_reader_still_gets_every_byte_after_the_job_ended() {
+    // The job writes 1 000 000 bytes into the relay's pipe and exits at once; the reader only
+    // starts reading 2.5 s later. Nothing may be dropped while the relay waits for it.
+    let ws = Ws::new();
+    let mut child = cmd_in(
+        ws.path(),
+        &[],
+        &["/usr/bin/head", "-c", "1000000", "/dev/zero"],
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut got = Vec::new();
+    child.stdout.take().unwrap().read_to_end(&mut got).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(got.len(), 1_000_000);
 }

@@ -50,10 +50,17 @@ pub fn run(args: &[String]) -> Result<()> {
     let exe = execbox.display().to_string();
 
     describe_machine();
+    let daemon = crate::daemon::Daemon::start(&exe, bytes * 2)?;
+    let sock_s = daemon.sock.display().to_string();
     let mut subjects = vec![
         Subject {
             name: "execbox run",
             argv: strings(&[&exe, "run", "--workspace", &ws_s, "--", "/bin/true"]),
+            samples: vec![],
+        },
+        Subject {
+            name: "execbox run --socket (daemon)",
+            argv: strings(&[&exe, "run", "--socket", &sock_s, "--", "/bin/true"]),
             samples: vec![],
         },
         Subject {
@@ -129,7 +136,7 @@ pub fn run(args: &[String]) -> Result<()> {
     println!("\n## Latency of /bin/true ({rounds} interleaved rounds)\n");
     println!("| subject | median | p90 | p99 | median ÷ bwrap |");
     println!("|---|---|---|---|---|");
-    let bwrap_median = median(&mut subjects[1].samples.clone());
+    let bwrap_median = median(&mut subjects[2].samples.clone());
     for s in &mut subjects {
         if s.samples.is_empty() {
             continue;
@@ -152,7 +159,20 @@ pub fn run(args: &[String]) -> Result<()> {
         );
     }
 
-    throughput(&exe, &ws_s, bytes)?;
+    println!("\n## Daemon: sandboxed /bin/true per second, raw HTTP clients (3 s each)\n");
+    println!("| concurrent clients | jobs/s |");
+    println!("|---|---|");
+    for c in [1, 2, 4, 8] {
+        let r = crate::daemon::jobs_per_second(&daemon.sock, c, 3.0)?;
+        println!("| {c} | {r:.0} |");
+    }
+    let (idle, per_job) = crate::daemon::memory(&daemon, 32)?;
+    println!("\n## Daemon memory\n");
+    println!("idle RSS {idle} KiB; growth per running job (32 sleeping jobs) {per_job:.0} KiB");
+    println!("(per job, the forked supervisor's private memory is extra; see docs/benchmarks.md)");
+
+    throughput(&exe, &ws_s, bytes, &sock_s)?;
+    drop(daemon);
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }
@@ -200,7 +220,7 @@ fn ms(d: Duration) -> String {
 
 /// 1 GiB from `head -c N /dev/zero` through execbox's relay vs through a plain pipe, both read
 /// by the same consumer (`cat > /dev/null` reading a pipe).
-fn throughput(exe: &str, ws: &str, bytes: u64) -> Result<()> {
+fn throughput(exe: &str, ws: &str, bytes: u64, sock: &str) -> Result<()> {
     let plain = format!("head -c {bytes} /dev/zero | cat > /dev/null");
     let boxed = format!(
         "{exe} run --workspace {ws} -- /usr/bin/head -c {bytes} /dev/zero | cat > /dev/null"
@@ -214,9 +234,12 @@ fn throughput(exe: &str, ws: &str, bytes: u64) -> Result<()> {
         default.replace("output = \"64MiB\"", &format!("output = {}", bytes * 2)),
     )?;
     let boxed = boxed.replacen(" run ", &format!(" run --policy {} ", profile.display()), 1);
-    let mut best = [f64::MAX; 2];
+    let daemon = format!(
+        "{exe} run --socket {sock} -- /usr/bin/head -c {bytes} /dev/zero | cat > /dev/null"
+    );
+    let mut best = [f64::MAX; 3];
     for _ in 0..3 {
-        for (i, cmd) in [&plain, &boxed].iter().enumerate() {
+        for (i, cmd) in [&plain, &boxed, &daemon].iter().enumerate() {
             let t = Instant::now();
             let st = Command::new("/bin/sh").arg("-c").arg(cmd).status()?;
             if !st.success() {
@@ -240,6 +263,12 @@ fn throughput(exe: &str, ws: &str, bytes: u64) -> Result<()> {
         best[1],
         gib / best[1],
         best[0] / best[1]
+    );
+    println!(
+        "| execbox run --socket (daemon) | {:.3} s | {:.2} | {:.2}× |",
+        best[2],
+        gib / best[2],
+        best[0] / best[2]
     );
     Ok(())
 }

@@ -74,14 +74,21 @@ fn unprivileged_pass() -> Result<()> {
     // Copy what the user needs to a place it can reach (the checkout may be under /root).
     let stage = PathBuf::from(format!("/tmp/execbox-ci-stage-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&stage);
-    std::fs::create_dir_all(stage.join("fixtures"))?;
+    std::fs::create_dir_all(&stage)?;
     let bin = project_root().join("target/debug/execbox");
     std::fs::copy(&bin, stage.join("execbox"))
         .with_context(|| format!("copy {}", bin.display()))?;
     std::fs::copy(&test_bin, stage.join("all"))?;
-    for f in std::fs::read_dir(project_root().join("tests/fixtures"))? {
-        let f = f?;
-        std::fs::copy(f.path(), stage.join("fixtures").join(f.file_name()))?;
+    // What the tests read from the source tree (harness::source_path).
+    let source = stage.join("source");
+    for rel in [
+        "README.md",
+        "policies",
+        "tests/fixtures",
+        "tests/probes",
+        "tests/corpus",
+    ] {
+        copy_tree(&project_root().join(rel), &source.join(rel))?;
     }
     run_cmd(Command::new("chmod").args(["-R", "a+rX"]).arg(&stage))?;
 
@@ -93,15 +100,29 @@ fn unprivileged_pass() -> Result<()> {
             .arg("EXECBOX_REQUIRE_ALL=1")
             .arg(format!("EXECBOX_CGROUP_PARENT={CI_CGROUP}"))
             .arg(format!("EXECBOX_BIN={}", stage.join("execbox").display()))
-            .arg(format!(
-                "EXECBOX_FIXTURES={}",
-                stage.join("fixtures").display()
-            ))
+            .arg(format!("EXECBOX_SOURCE_DIR={}", source.display()))
             .arg(stage.join("all"))
             .arg("--test-threads=2"),
     );
     let _ = std::fs::remove_dir_all(&stage);
     result
+}
+
+/// Copies a file or a directory tree (regular files only).
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    if from.is_dir() {
+        std::fs::create_dir_all(to)?;
+        for e in std::fs::read_dir(from)? {
+            let e = e?;
+            copy_tree(&e.path(), &to.join(e.file_name()))?;
+        }
+    } else {
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::copy(from, to).with_context(|| format!("copy {}", from.display()))?;
+    }
+    Ok(())
 }
 
 fn ensure_user() -> Result<()> {

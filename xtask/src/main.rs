@@ -5,6 +5,7 @@
 
 mod bench;
 mod ci;
+mod daemon;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

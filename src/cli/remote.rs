@@ -1,0 +1,253 @@
+//! `execbox run --socket PATH`: the same command line, through the daemon. A minimal blocking
+//! HTTP/1.1 client over the agent socket (no runtime to start: this path is on the latency
+//! budget). Creates a session, streams `POST /v1/exec`, ends the session; prints output as it
+//! arrives and exits like the in-process path (the command's code, 124, 125, 126, 137).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+
+/// What to run, already validated by `run.rs`.
+pub struct Remote<'a> {
+    pub socket: &'a Path,
+    pub argv: &'a [String],
+    pub shell: Option<&'a str>,
+    pub env: &'a [String],
+    pub timeout: Option<std::time::Duration>,
+    pub memory: Option<u64>,
+    pub pids: Option<u64>,
+    pub stdin: Option<Vec<u8>>,
+    pub json: bool,
+}
+
+struct Reply {
+    status: u16,
+    reader: BufReader<UnixStream>,
+    chunked: bool,
+    length: Option<usize>,
+}
+
+fn request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Result<Reply> {
+    let mut s = UnixStream::connect(socket)
+        .with_context(|| format!("cannot connect to the daemon at {}", socket.display()))?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: execbox\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty() {
+        head.push_str("Content-Type: application/json\r\n");
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    s.write_all(head.as_bytes())?;
+    s.write_all(body.as_bytes())?;
+    let mut reader = BufReader::new(s);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("not an HTTP reply: {line:?}"))?;
+    let (mut chunked, mut length) = (false, None);
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+        let l = line.to_ascii_lowercase();
+        if l.starts_with("transfer-encoding:") && l.contains("chunked") {
+            chunked = true;
+        } else if let Some(v) = l.strip_prefix("content-length:") {
+            length = v.trim().parse().ok();
+        }
+    }
+    Ok(Reply {
+        status,
+        reader,
+        chunked,
+        length,
+    })
+}
+
+impl Reply {
+    /// The whole body (small replies only).
+    fn body(mut self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        if self.chunked {
+            while let Some(c) = self.chunk()? {
+                out.extend_from_slice(&c);
+            }
+        } else if let Some(n) = self.length {
+            out.resize(n, 0);
+            self.reader.read_exact(&mut out)?;
+        } else {
+            self.reader.read_to_end(&mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// The next chunk of a chunked body; `None` at the end.
+    fn chunk(&mut self) -> Result<Option<Vec<u8>>> {
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+            .with_context(|| format!("bad chunk header {line:?}"))?;
+        let mut data = vec![0u8; size + 2];
+        self.reader.read_exact(&mut data)?;
+        data.truncate(size);
+        Ok((size > 0).then_some(data))
+    }
+}
+
+fn error_text(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            let e = v.get("error")?;
+            Some(format!(
+                "{} ({})",
+                e.get("message")?.as_str()?,
+                e.get("code")?.as_str()?
+            ))
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned())
+}
+
+pub fn run(r: Remote<'_>) -> ExitCode {
+    match go(&r) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("execbox: {e:#}");
+            ExitCode::from(super::run::EXIT_SETUP)
+        }
+    }
+}
+
+fn go(r: &Remote<'_>) -> Result<u8> {
+    let reply = request(r.socket, "POST", "/v1/sessions", None, None)?;
+    let status = reply.status;
+    let body = reply.body()?;
+    if status != 201 {
+        bail!("the daemon refused a session: {}", error_text(&body));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body)?;
+    let token = v["token"]
+        .as_str()
+        .context("no token in the reply")?
+        .to_string();
+    let session = v["session"].as_str().unwrap_or_default().to_string();
+    let result = exec(r, &token);
+    // The session was only for this command: end it (and its workspace).
+    let _ = request(
+        r.socket,
+        "DELETE",
+        &format!("/v1/sessions/{session}"),
+        Some(&token),
+        None,
+    )
+    .and_then(Reply::body);
+    result
+}
+
+fn exec(r: &Remote<'_>, token: &str) -> Result<u8> {
+    let mut body = serde_json::Map::new();
+    match r.shell {
+        Some(s) => body.insert("command".into(), s.into()),
+        None => body.insert("argv".into(), r.argv.into()),
+    };
+    let mut env = serde_json::Map::new();
+    for kv in r.env {
+        if let Some((k, v)) = kv.split_once('=') {
+            env.insert(k.into(), v.into());
+        }
+    }
+    body.insert("env".into(), env.into());
+    if let Some(t) = r.timeout {
+        body.insert("timeout".into(), t.as_secs_f64().into());
+    }
+    let mut limits = serde_json::Map::new();
+    if let Some(m) = r.memory {
+        limits.insert("memory".into(), m.into());
+    }
+    if let Some(p) = r.pids {
+        limits.insert("pids".into(), p.into());
+    }
+    body.insert("limits".into(), limits.into());
+    if let Some(data) = &r.stdin {
+        body.insert("stdin_b64".into(), B64.encode(data).into());
+    }
+    let text = serde_json::Value::Object(body).to_string();
+    let mut reply = request(r.socket, "POST", "/v1/exec", Some(token), Some(&text))?;
+    if reply.status != 200 {
+        let status = reply.status;
+        let b = reply.body()?;
+        eprintln!(
+            "execbox: the daemon refused the command: {}",
+            error_text(&b)
+        );
+        return Ok(if status == 400 || status == 413 || status == 415 {
+            super::run::EXIT_REFUSED
+        } else {
+            super::run::EXIT_SETUP
+        });
+    }
+    let mut out = std::io::stdout();
+    let mut err = std::io::stderr();
+    let mut pending = Vec::new();
+    while let Some(c) = reply.chunk()? {
+        pending.extend_from_slice(&c);
+        while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=pos).collect();
+            let ev: serde_json::Value = serde_json::from_slice(&line)?;
+            match ev["event"].as_str() {
+                Some("stdout") | Some("stderr") => {
+                    let data = B64.decode(ev["data_b64"].as_str().unwrap_or(""))?;
+                    if ev["event"] == "stdout" {
+                        out.write_all(&data)?;
+                        out.flush()?;
+                    } else {
+                        err.write_all(&data)?;
+                    }
+                }
+                Some("exit") => return Ok(finish(r.json, &ev)),
+                _ => {}
+            }
+        }
+    }
+    bail!("the daemon closed the stream before the job's exit")
+}
+
+fn finish(json: bool, ev: &serde_json::Value) -> u8 {
+    let reason = ev["reason"].as_str().unwrap_or("");
+    let code = match reason {
+        "refused" => super::run::EXIT_REFUSED,
+        "setup_failed" => super::run::EXIT_SETUP,
+        _ => ev["code"].as_i64().unwrap_or(126).clamp(0, 255) as u8,
+    };
+    let message = ev["message"]
+        .as_str()
+        .or_else(|| ev["error"]["message"].as_str())
+        .unwrap_or("");
+    if json {
+        let mut v = ev.clone();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("exit_code".into(), code.into());
+        }
+        eprintln!("{v}");
+    } else if reason != "exited" || ev["signal"].is_number() {
+        eprintln!("execbox: {message}");
+    }
+    code
+}

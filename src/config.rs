@@ -1,0 +1,520 @@
+//! The daemon's configuration file (`/etc/execbox/execbox.toml`): sockets, who may connect,
+//! where state and workspaces live, which profiles exist, and the abuse limits.
+//!
+//! Parsing goes raw serde structs (`deny_unknown_fields`) → [`RawConfig::validate`] → a
+//! [`Config`] that cannot be invalid. Every error names the file, the key and the fix. This
+//! module never touches the filesystem beyond reading the file and listing the profiles
+//! directory: creating sockets and directories is the server's job.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::profile::{Profile, ProfileError};
+use crate::units::{parse_duration, parse_size};
+
+/// A validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub file: String,
+    pub agent_socket: PathBuf,
+    pub agent_mode: u32,
+    pub agent_group: Option<u32>,
+    pub operator_socket: PathBuf,
+    pub allow: Allowlist,
+    /// Peers allowed on the operator socket (root and the daemon's own uid always are).
+    pub operator_uids: Vec<u32>,
+    pub state_dir: PathBuf,
+    pub workspace_root: PathBuf,
+    /// Profiles by name (file stem, or `default` for the embedded one).
+    pub profiles: BTreeMap<String, Profile>,
+    pub default_profile: String,
+    /// Profiles a session may only bind with an operator's approval (refused until the
+    /// approvals issue lands).
+    pub approval_profiles: Vec<String>,
+    pub cgroup_parent: Option<PathBuf>,
+    /// First host uid of the per-session sandbox identities (root only).
+    pub sandbox_uid_base: u32,
+    pub limits: ServerLimits,
+    pub log_json: bool,
+}
+
+/// SO_PEERCRED allowlist for the agent socket. Default deny.
+#[derive(Debug, Clone, Default)]
+pub struct Allowlist {
+    pub uids: Vec<u32>,
+    pub gids: Vec<u32>,
+    /// Every local user may connect (logged loudly at each start).
+    pub open: bool,
+}
+
+impl Allowlist {
+    pub fn permits(&self, uid: u32, gid: u32) -> bool {
+        self.open || self.uids.contains(&uid) || self.gids.contains(&gid)
+    }
+}
+
+/// Abuse limits; every one answers a clear 4xx and leaves the daemon serving others.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    pub max_body: usize,
+    pub max_jobs: usize,
+    pub max_jobs_per_session: usize,
+    pub max_sessions: usize,
+    /// Requests per second per peer uid (token bucket, burst = 2 s worth).
+    pub peer_rate: f64,
+    /// Requests per second per session.
+    pub session_rate: f64,
+    pub token_ttl: Duration,
+    /// Bad tokens from one uid before it is locked out (then backoff doubles each time).
+    pub bad_token_limit: u32,
+    pub bad_token_lockout: Duration,
+    pub header_timeout: Duration,
+    pub shutdown_grace: Duration,
+    /// Finished jobs kept for `GET /v1/jobs` per session.
+    pub finished_jobs_kept: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {file}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Syntax { file: String, message: String },
+    #[error("{file}: key `{key}`: {message}; fix: {fix}")]
+    Invalid {
+        file: String,
+        key: String,
+        message: String,
+        fix: String,
+    },
+    #[error("{file}: profile {profile}")]
+    Profile {
+        file: String,
+        profile: String,
+        #[source]
+        source: Box<ProfileError>,
+    },
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    sockets: RawSockets,
+    #[serde(default)]
+    allow: RawAllow,
+    #[serde(default)]
+    paths: RawPaths,
+    #[serde(default)]
+    sandbox: RawSandbox,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSockets {
+    agent: Option<PathBuf>,
+    agent_mode: Option<String>,
+    agent_group: Option<String>,
+    operator: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAllow {
+    #[serde(default)]
+    uids: Vec<u32>,
+    #[serde(default)]
+    gids: Vec<u32>,
+    #[serde(default)]
+    open: bool,
+    #[serde(default)]
+    operator_uids: Vec<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPaths {
+    state_dir: Option<PathBuf>,
+    workspace_root: Option<PathBuf>,
+    profiles_dir: Option<PathBuf>,
+    default_profile: Option<String>,
+    #[serde(default)]
+    approval_profiles: Vec<String>,
+    cgroup_parent: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSandbox {
+    uid_base: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_body: Option<String>,
+    max_jobs: Option<usize>,
+    max_jobs_per_session: Option<usize>,
+    max_sessions: Option<usize>,
+    peer_rate: Option<f64>,
+    session_rate: Option<f64>,
+    token_ttl: Option<String>,
+    bad_token_limit: Option<u32>,
+    bad_token_lockout: Option<String>,
+    header_timeout: Option<String>,
+    shutdown_grace: Option<String>,
+    finished_jobs_kept: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default)]
+    json: bool,
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            file: file.to_string(),
+            message: e.to_string(),
+        })?;
+        raw.validate(file)
+    }
+}
+
+impl RawConfig {
+    pub fn validate(self, file: &str) -> Result<Config, ConfigError> {
+        let invalid = |key: &str, message: String, fix: &str| ConfigError::Invalid {
+            file: file.to_string(),
+            key: key.to_string(),
+            message,
+            fix: fix.to_string(),
+        };
+        let absolute = |key: &str, p: PathBuf| -> Result<PathBuf, ConfigError> {
+            if p.is_absolute() {
+                Ok(p)
+            } else {
+                Err(invalid(
+                    key,
+                    format!("{} is not an absolute path", p.display()),
+                    "write an absolute path such as /run/execbox/agent.sock",
+                ))
+            }
+        };
+
+        // Sockets: paths only. Anything resembling a network address is refused outright.
+        let agent_socket = absolute(
+            "sockets.agent",
+            self.sockets
+                .agent
+                .unwrap_or_else(|| "/run/execbox/agent.sock".into()),
+        )?;
+        let operator_socket = absolute(
+            "sockets.operator",
+            self.sockets
+                .operator
+                .unwrap_or_else(|| "/run/execbox/operator.sock".into()),
+        )?;
+        if agent_socket == operator_socket {
+            return Err(invalid(
+                "sockets.operator",
+                "is the same path as sockets.agent".into(),
+                "give the operator socket its own path, e.g. /run/execbox/operator.sock",
+            ));
+        }
+        let agent_mode = match self.sockets.agent_mode.as_deref() {
+            None => 0o660,
+            Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
+                .ok()
+                .filter(|m| *m & !0o770 == 0)
+                .ok_or_else(|| {
+                    invalid(
+                        "sockets.agent_mode",
+                        format!("{m:?} is not an octal mode without bits for others"),
+                        "write e.g. \"0660\" (never give others access: use agent_group)",
+                    )
+                })?,
+        };
+        let agent_group = match self.sockets.agent_group.as_deref() {
+            None => None,
+            Some(g) => Some(resolve_group(g).ok_or_else(|| {
+                invalid(
+                    "sockets.agent_group",
+                    format!("no group named {g:?}"),
+                    "create it (groupadd --system execbox) or give a numeric gid",
+                )
+            })?),
+        };
+
+        // Who may connect: default deny, and an empty allowlist is a mistake, not "everyone".
+        let allow = Allowlist {
+            uids: self.allow.uids,
+            gids: self.allow.gids,
+            open: self.allow.open,
+        };
+        if !allow.open && allow.uids.is_empty() && allow.gids.is_empty() {
+            return Err(invalid(
+                "allow",
+                "uids and gids are both empty, so nobody could connect".into(),
+                "list the agents' users: [allow] uids = [1000] (or gids = [...]); `open = true` admits every local user",
+            ));
+        }
+
+        let state_dir = absolute(
+            "paths.state_dir",
+            self.paths
+                .state_dir
+                .unwrap_or_else(|| "/var/lib/execbox".into()),
+        )?;
+        let workspace_root = absolute(
+            "paths.workspace_root",
+            self.paths
+                .workspace_root
+                .unwrap_or_else(|| state_dir.join("workspaces")),
+        )?;
+
+        let mut profiles = BTreeMap::new();
+        match &self.paths.profiles_dir {
+            None => {
+                let p = Profile::embedded_default().map_err(|source| ConfigError::Profile {
+                    file: file.into(),
+                    profile: "default".into(),
+                    source: Box::new(source),
+                })?;
+                profiles.insert("default".to_string(), p);
+            }
+            Some(dir) => {
+                let dir = absolute("paths.profiles_dir", dir.clone())?;
+                let entries = std::fs::read_dir(&dir).map_err(|e| {
+                    invalid(
+                        "paths.profiles_dir",
+                        format!("cannot list {}: {e}", dir.display()),
+                        "point it at a directory of profiles such as /etc/execbox/policies",
+                    )
+                })?;
+                for e in entries.flatten() {
+                    let path = e.path();
+                    if path.extension().is_none_or(|x| x != "toml") {
+                        continue;
+                    }
+                    let name = path
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    let p = Profile::load(&path).map_err(|source| ConfigError::Profile {
+                        file: file.into(),
+                        profile: name.clone(),
+                        source: Box::new(source),
+                    })?;
+                    profiles.insert(name, p);
+                }
+            }
+        }
+        let default_profile = self
+            .paths
+            .default_profile
+            .unwrap_or_else(|| "default".into());
+        let names = || profiles.keys().cloned().collect::<Vec<_>>().join(", ");
+        if !profiles.contains_key(&default_profile) {
+            return Err(invalid(
+                "paths.default_profile",
+                format!("no profile named {default_profile:?} (have: {})", names()),
+                "name one of the profiles in paths.profiles_dir (file name without .toml)",
+            ));
+        }
+        for p in &self.paths.approval_profiles {
+            if !profiles.contains_key(p) {
+                return Err(invalid(
+                    "paths.approval_profiles",
+                    format!("no profile named {p:?} (have: {})", names()),
+                    "list only existing profile names",
+                ));
+            }
+        }
+
+        let l = self.limits;
+        let size = |key: &str, v: Option<String>, default: u64| -> Result<u64, ConfigError> {
+            v.map_or(Ok(default), |s| {
+                parse_size(&s).map_err(|m| invalid(key, m, "write e.g. \"1MiB\""))
+            })
+        };
+        let dur = |key: &str, v: Option<String>, default: Duration| {
+            v.map_or(Ok(default), |s| {
+                parse_duration(&s).map_err(|m| invalid(key, m, "write e.g. \"30s\" or \"24h\""))
+            })
+        };
+        let positive = |key: &str, v: usize| {
+            if v == 0 {
+                Err(invalid(key, "is 0".into(), "use a positive number"))
+            } else {
+                Ok(v)
+            }
+        };
+        let rate = |key: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(v)
+            } else {
+                Err(invalid(
+                    key,
+                    format!("{v} is not a positive rate"),
+                    "requests per second, e.g. 50",
+                ))
+            }
+        };
+        let max_jobs = positive("limits.max_jobs", l.max_jobs.unwrap_or(64))?;
+        let limits = ServerLimits {
+            max_body: size("limits.max_body", l.max_body, 1 << 20)? as usize,
+            max_jobs,
+            max_jobs_per_session: positive(
+                "limits.max_jobs_per_session",
+                l.max_jobs_per_session.unwrap_or(max_jobs),
+            )?,
+            max_sessions: positive("limits.max_sessions", l.max_sessions.unwrap_or(1024))?,
+            peer_rate: rate("limits.peer_rate", l.peer_rate.unwrap_or(200.0))?,
+            session_rate: rate("limits.session_rate", l.session_rate.unwrap_or(100.0))?,
+            token_ttl: dur(
+                "limits.token_ttl",
+                l.token_ttl,
+                Duration::from_secs(24 * 3600),
+            )?,
+            bad_token_limit: l.bad_token_limit.unwrap_or(5).max(1),
+            bad_token_lockout: dur(
+                "limits.bad_token_lockout",
+                l.bad_token_lockout,
+                Duration::from_secs(1),
+            )?,
+            header_timeout: dur(
+                "limits.header_timeout",
+                l.header_timeout,
+                Duration::from_secs(10),
+            )?,
+            shutdown_grace: dur(
+                "limits.shutdown_grace",
+                l.shutdown_grace,
+                Duration::from_secs(10),
+            )?,
+            finished_jobs_kept: l.finished_jobs_kept.unwrap_or(256),
+        };
+        let sandbox_uid_base = self
+            .sandbox
+            .uid_base
+            .unwrap_or(crate::sandbox::prepare::DEFAULT_SANDBOX_ID);
+        if sandbox_uid_base < 65536 {
+            return Err(invalid(
+                "sandbox.uid_base",
+                format!("{sandbox_uid_base} overlaps ordinary users' ids"),
+                "use a high, unused range such as 2000000000",
+            ));
+        }
+        Ok(Config {
+            file: file.to_string(),
+            agent_socket,
+            agent_mode,
+            agent_group,
+            operator_socket,
+            allow,
+            operator_uids: self.allow.operator_uids,
+            state_dir,
+            workspace_root,
+            profiles,
+            default_profile,
+            approval_profiles: self.paths.approval_profiles,
+            cgroup_parent: self.paths.cgroup_parent,
+            sandbox_uid_base,
+            limits,
+            log_json: self.log.json,
+        })
+    }
+}
+
+/// A group name or numeric gid → gid, from /etc/group.
+fn resolve_group(g: &str) -> Option<u32> {
+    if let Ok(n) = g.parse() {
+        return Some(n);
+    }
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next() == Some(g)).then(|| f.nth(1)?.parse().ok())?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.toml")
+    }
+
+    #[test]
+    fn empty_allowlist_refuses_to_start() {
+        let e = parse("").unwrap_err().to_string();
+        assert!(e.contains("key `allow`"), "{e}");
+        assert!(e.contains("fix:"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let e = parse("[allow]\nuids=[1]\nopne=true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("opne"), "{e}");
+    }
+
+    #[test]
+    fn defaults_are_safe() {
+        let c = parse("[allow]\nuids=[1000]\n").unwrap();
+        assert_eq!(c.agent_mode, 0o660);
+        assert!(!c.allow.open);
+        assert!(c.allow.permits(1000, 5));
+        assert!(!c.allow.permits(1001, 5));
+        assert_eq!(c.default_profile, "default");
+    }
+
+    #[test]
+    fn world_accessible_agent_socket_is_refused() {
+        let e = parse("[sockets]\nagent_mode=\"0666\"\n[allow]\nuids=[1]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sockets.agent_mode"), "{e}");
+    }
+
+    #[test]
+    fn relative_socket_paths_are_refused() {
+        let e = parse("[sockets]\nagent=\"127.0.0.1:80\"\n[allow]\nuids=[1]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sockets.agent"), "{e}");
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../packaging/execbox.toml");
+        // The example names a group that may not exist here; the rest must validate.
+        let text = text.replace("agent_group = \"execbox\"", "");
+        parse(&text).unwrap();
+    }
+}

@@ -1,0 +1,465 @@
+//! `execbox serve`: the supervisor daemon. Owns the two Unix sockets (agent, operator), peer
+//! identification (SO_PEERCRED against the allowlist, default deny), sessions and tokens, the
+//! life cycle (graceful SIGTERM, stale cgroup sweep) and the bridge to the [`spawner`].
+//!
+//! Must never: listen on TCP, accept a peer outside the allowlist, run sandbox code in this
+//! (multithreaded) process, or leave a job running after it exits.
+//!
+//! Start order matters: config → stale cgroup sweep → spawner fork (the process still has one
+//! thread) → sockets → `PR_SET_DUMPABLE 0` → tokio runtime.
+
+pub mod api;
+pub mod auth;
+pub mod listen;
+pub mod spawner;
+pub mod state;
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use http::HeaderMap;
+use http::StatusCode;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::sandbox::{self, sys};
+use api::{ApiError, Peer};
+use auth::{Lockout, RateLimiter};
+use state::{Metrics, Session, State, unix_now};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Spawner(#[from] spawner::SpawnerError),
+    #[error(transparent)]
+    Listen(#[from] listen::ListenError),
+    #[error("cannot create {path}")]
+    Dir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// Everything the request handlers share.
+pub struct Server {
+    pub config: Config,
+    pub spawner: spawner::Spawner,
+    pub metrics: Metrics,
+    state: Mutex<State>,
+    guard: Mutex<Guard>,
+    /// Cancelled on SIGTERM/SIGINT: stop accepting, refuse new jobs.
+    pub shutdown: CancellationToken,
+    /// Every running job's relay task.
+    pub jobs: TaskTracker,
+    am_root: bool,
+}
+
+/// Abuse accounting (one lock, held for microseconds).
+#[derive(Default)]
+struct Guard {
+    lockout: Lockout,
+    peer_rate: RateLimiter<u32>,
+    session_rate: RateLimiter<String>,
+}
+
+impl Server {
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn guard(&self) -> MutexGuard<'_, Guard> {
+        self.guard.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn peer_rate_ok(&self, uid: u32) -> bool {
+        let rate = self.config.limits.peer_rate;
+        self.guard().peer_rate.allow(uid, rate, Instant::now())
+    }
+
+    /// The caller's session from `Authorization: Bearer <session>.<secret>`. Bad tokens count
+    /// towards the peer uid's lockout; every failure looks the same to the caller.
+    pub fn authenticate(&self, peer: Peer, headers: &HeaderMap) -> Result<String, ApiError> {
+        let now = Instant::now();
+        if let Some(wait) = self.guard().lockout.locked(peer.uid, now) {
+            Metrics::inc(&self.metrics.rate_limited);
+            return Err(ApiError {
+                retry_after: Some(wait),
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "locked_out",
+                    format!(
+                        "too many bad tokens from uid {}; retry in {} ms",
+                        peer.uid,
+                        wait.as_millis()
+                    ),
+                )
+            });
+        }
+        let presented = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(auth::parse_bearer);
+        let fail = |srv: &Server, counted: bool| {
+            Metrics::inc(&srv.metrics.auth_failures);
+            if counted {
+                let l = &srv.config.limits;
+                srv.guard()
+                    .lockout
+                    .failure(peer.uid, l.bad_token_limit, l.bad_token_lockout, now);
+            }
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing, invalid or expired token; fix: send Authorization: Bearer <token from POST /v1/sessions>",
+            )
+        };
+        let Some((session, secret)) = presented else {
+            return Err(fail(
+                self,
+                headers.contains_key(http::header::AUTHORIZATION),
+            ));
+        };
+        let ok = {
+            let st = self.state();
+            // Always hash and compare, found or not, so timing says nothing about ids.
+            let (hash, owner, expires) = match st.sessions.get(session) {
+                Some(s) => (s.token_hash, Some(s.owner_uid), s.expires),
+                None => ([0u8; 32], None, now),
+            };
+            let good = auth::verify(secret, &hash);
+            good && owner == Some(peer.uid) && expires > now
+        };
+        if !ok {
+            return Err(fail(self, true));
+        }
+        self.guard().lockout.success(peer.uid);
+        let rate = self.config.limits.session_rate;
+        if !self
+            .guard()
+            .session_rate
+            .allow(session.to_string(), rate, now)
+        {
+            Metrics::inc(&self.metrics.rate_limited);
+            return Err(ApiError {
+                retry_after: Some(Duration::from_secs(1)),
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many requests for this session; slow down",
+                )
+            });
+        }
+        Ok(session.to_string())
+    }
+
+    /// Mints a session (a child of `parent` when given) with its own workspace.
+    pub fn create_session(
+        &self,
+        peer: Peer,
+        parent: Option<&str>,
+        profile: Option<String>,
+    ) -> Result<serde_json::Value, ApiError> {
+        let internal = |e: String| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("cannot create the session: {e}"),
+            )
+        };
+        let parent_profile =
+            parent.and_then(|p| self.state().sessions.get(p).map(|s| s.profile.clone()));
+        let profile = match (profile, parent_profile) {
+            (Some(p), Some(pp)) if p != pp => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("a child session inherits its parent's profile {pp:?}"),
+                ));
+            }
+            (_, Some(pp)) => pp,
+            (Some(p), None) => p,
+            (None, None) => self.config.default_profile.clone(),
+        };
+        if !self.config.profiles.contains_key(&profile) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unknown_profile",
+                format!(
+                    "no profile {profile:?}; available: {}",
+                    self.config
+                        .profiles
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        if parent.is_none() && self.config.approval_profiles.contains(&profile) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "approval_required",
+                format!(
+                    "profile {profile:?} needs an operator's approval to bind; the approval flow is not available in this version"
+                ),
+            ));
+        }
+        let id = auth::new_id("s_").map_err(|e| internal(e.to_string()))?;
+        let minted = auth::mint().map_err(|e| internal(e.to_string()))?;
+        let offset = {
+            let mut st = self.state();
+            if st.sessions.len() >= self.config.limits.max_sessions {
+                return Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_sessions",
+                    "the daemon holds limits.max_sessions sessions; end some with DELETE /v1/sessions/{id}",
+                ));
+            }
+            st.next_sandbox_offset = st.next_sandbox_offset.wrapping_add(1);
+            st.next_sandbox_offset
+        };
+        // Each session has its own workspace and, as root, its own host uid: two sessions'
+        // sandboxes never share files or an identity.
+        let workspace = self.config.workspace_root.join(&id);
+        let sandbox_id = self.config.sandbox_uid_base.saturating_add(offset);
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&workspace)
+                .map_err(|e| internal(format!("{}: {e}", workspace.display())))?;
+            if self.am_root {
+                std::os::unix::fs::chown(&workspace, Some(sandbox_id), Some(sandbox_id))
+                    .map_err(|e| internal(format!("chown {}: {e}", workspace.display())))?;
+            }
+        }
+        let ttl = self.config.limits.token_ttl;
+        let created_at = unix_now();
+        let session = Session {
+            id: id.clone(),
+            token_hash: minted.hash,
+            spawned_by: parent.map(str::to_string),
+            owner_uid: peer.uid,
+            profile: profile.clone(),
+            workspace: workspace.clone(),
+            sandbox_id: self.config.sandbox_uid_base,
+            created_at,
+            expires: Instant::now() + ttl,
+            expires_at: created_at + ttl.as_secs(),
+            running: 0,
+        };
+        let expires_at = session.expires_at;
+        self.state().sessions.insert(id.clone(), session);
+        Metrics::inc(&self.metrics.sessions_created);
+        tracing::info!(session = %id, spawned_by = ?parent, uid = peer.uid, pid = ?peer.pid, profile = %profile, "session created");
+        Ok(serde_json::json!({
+            "session": id,
+            "token": format!("{id}.{}", minted.secret),
+            "expires_at": expires_at,
+            "profile": profile,
+            "workspace": workspace,
+            "spawned_by": parent,
+        }))
+    }
+
+    /// Forgets expired sessions that run nothing (their workspaces are removed).
+    fn reap_expired(&self) {
+        let now = Instant::now();
+        let gone: Vec<_> = {
+            let mut st = self.state();
+            let ids: Vec<String> = st
+                .sessions
+                .values()
+                .filter(|s| s.expires <= now && s.running == 0)
+                .map(|s| s.id.clone())
+                .collect();
+            ids.iter()
+                .filter_map(|i| st.sessions.remove(i))
+                .map(|s| s.workspace)
+                .collect()
+        };
+        for ws in gone {
+            let _ = std::fs::remove_dir_all(ws);
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT. Call from a single-threaded process (the spawner is
+/// forked here, before the runtime exists).
+pub fn serve(config: Config) -> Result<(), ServeError> {
+    let am_root = sys::geteuid() == 0;
+    if config.allow.open {
+        tracing::warn!(
+            config = %config.file,
+            "ALLOWLIST IS OPEN: every local user who can reach {} may run commands ([allow] open = true)",
+            config.agent_socket.display()
+        );
+    }
+    sweep_stale_cgroups(config.cgroup_parent.as_deref());
+    make_dir(&config.state_dir, 0o711)?;
+    make_dir(&config.workspace_root, 0o711)?;
+
+    let ctx = spawner::SpawnerContext {
+        profiles: config
+            .profiles
+            .iter()
+            .map(|(n, p)| (n.clone(), p.sandbox.clone()))
+            .collect(),
+        cgroup_parent: config.cgroup_parent.clone(),
+    };
+    let spawner = spawner::Spawner::start(ctx)?;
+    let listeners = match listen::Listeners::open(&config) {
+        Ok(l) => l,
+        Err(e) => {
+            spawner.shutdown();
+            return Err(e.into());
+        }
+    };
+    // No core dumps, no ptrace by same-uid processes: the daemon holds tokens' hashes and
+    // the jobs' pipes. (After the spawner fork: its children must stay dumpable to have their
+    // id maps written by an unprivileged supervisor.)
+    let _ = sys::setrlimit(libc::RLIMIT_CORE, 0);
+    if am_root {
+        let _ = sys::prctl(libc::PR_SET_DUMPABLE, 0, 0);
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(ServeError::Runtime)?;
+    let srv = Arc::new(Server {
+        config,
+        spawner,
+        metrics: Metrics::default(),
+        state: Mutex::new(State::default()),
+        guard: Mutex::new(Guard::default()),
+        shutdown: CancellationToken::new(),
+        jobs: TaskTracker::new(),
+        am_root,
+    });
+    rt.block_on(run(srv.clone(), listeners));
+    drop(rt);
+    match Arc::try_unwrap(srv) {
+        Ok(s) => s.spawner.shutdown(),
+        Err(s) => {
+            let _ = sys::kill(s.spawner.pid, libc::SIGKILL);
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn run(srv: Arc<Server>, listeners: listen::Listeners) {
+    let conns = TaskTracker::new();
+    let accept = listen::accept_loops(srv.clone(), listeners, conns.clone());
+    tracing::info!(
+        agent = %srv.config.agent_socket.display(),
+        operator = %srv.config.operator_socket.display(),
+        pid = std::process::id(),
+        spawner = srv.spawner.pid,
+        "serving"
+    );
+    let reaper = {
+        let srv = srv.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                let s = srv.clone();
+                let _ = tokio::task::spawn_blocking(move || s.reap_expired()).await;
+            }
+        })
+    };
+    wait_for_signal().await;
+    tracing::info!("shutting down: no new connections or jobs");
+    srv.shutdown.cancel();
+    let _ = accept.await;
+    reaper.abort();
+
+    srv.jobs.close();
+    let grace = srv.config.limits.shutdown_grace;
+    if tokio::time::timeout(grace, srv.jobs.wait()).await.is_err() {
+        let running: Vec<_> = {
+            let st = srv.state();
+            st.jobs
+                .values()
+                .filter_map(|j| j.cancel.clone().map(|c| (j.id.clone(), c)))
+                .collect()
+        };
+        tracing::warn!(
+            jobs = running.len(),
+            grace_ms = grace.as_millis() as u64,
+            "grace period over: killing the remaining jobs"
+        );
+        for (_, c) in &running {
+            api::cancel_job(c, true);
+        }
+        if tokio::time::timeout(Duration::from_secs(10), srv.jobs.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                "jobs did not end 10 s after SIGKILL; exiting anyway (their supervisors die with the spawner)"
+            );
+        }
+    }
+    conns.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), conns.wait()).await;
+    let active = srv.state().running;
+    srv.metrics.jobs_finished.load(Ordering::Relaxed);
+    tracing::info!(active, "all jobs ended");
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
+
+fn make_dir(path: &std::path::Path, mode: u32) -> Result<(), ServeError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let err = |source| ServeError::Dir {
+        path: path.to_path_buf(),
+        source,
+    };
+    if !path.is_dir() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(path)
+            .map_err(err)?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)
+}
+
+/// Removes job cgroups left by a daemon (or `execbox run`) that was killed: a job is stale when
+/// the supervisor pid in its name no longer exists.
+fn sweep_stale_cgroups(parent: Option<&std::path::Path>) {
+    let Ok(h) = sandbox::cgroup::Hierarchy::detect() else {
+        return;
+    };
+    let prefix = sandbox::RUN_JOB_PREFIX;
+    for dir in h.remove_stale_where(parent, prefix, |name| {
+        name[prefix.len()..]
+            .split('-')
+            .next()
+            .and_then(|p| p.parse::<u32>().ok())
+            .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+    }) {
+        tracing::info!(cgroup = %dir.display(), "removed a stale job cgroup");
+    }
+}

@@ -1,0 +1,285 @@
+//! Sessions, jobs and counters: the daemon's in-memory state (nothing survives a restart).
+//!
+//! Scope rule, enforced here and nowhere else: a session sees its own jobs and those of its
+//! descendants (child sessions it spawned, transitively), never anything else. Lookups outside
+//! the scope answer exactly like lookups of ids that do not exist.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime};
+
+use serde::Serialize;
+
+/// One session: a capability (the token), a workspace, a bound profile.
+#[derive(Debug)]
+pub struct Session {
+    pub id: String,
+    pub token_hash: [u8; 32],
+    pub spawned_by: Option<String>,
+    /// The peer uid that created it: its token works only from that uid.
+    pub owner_uid: u32,
+    pub profile: String,
+    pub workspace: PathBuf,
+    pub sandbox_id: u32,
+    pub created_at: u64,
+    pub expires: Instant,
+    pub expires_at: u64,
+    pub running: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Running,
+    Finished,
+    Refused,
+}
+
+/// One job as `GET /v1/jobs` shows it.
+#[derive(Debug)]
+pub struct Job {
+    pub id: String,
+    pub session: String,
+    pub argv: Vec<String>,
+    pub created_at: u64,
+    pub state: JobState,
+    /// The final `exit` event, once there is one.
+    pub exit: Option<serde_json::Value>,
+    /// Write end of the cancel pipe while the job runs.
+    pub cancel: Option<Arc<OwnedFd>>,
+}
+
+impl Job {
+    pub fn new(
+        id: &str,
+        session: &str,
+        argv: &[String],
+        state: JobState,
+        cancel: Option<Arc<OwnedFd>>,
+    ) -> Job {
+        Job {
+            id: id.to_string(),
+            session: session.to_string(),
+            argv: argv.to_vec(),
+            created_at: unix_now(),
+            state,
+            exit: None,
+            cancel,
+        }
+    }
+
+    pub fn view(&self) -> serde_json::Value {
+        serde_json::json!({
+            "job": self.id,
+            "session": self.session,
+            "argv": self.argv,
+            "created_at": self.created_at,
+            "state": self.state,
+            "exit": self.exit,
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct State {
+    pub sessions: HashMap<String, Session>,
+    pub jobs: HashMap<String, Job>,
+    /// Finished jobs per session, oldest first, for bounded retention.
+    pub finished: HashMap<String, VecDeque<String>>,
+    pub running: usize,
+    pub next_sandbox_offset: u32,
+}
+
+impl State {
+    /// Is `session` the same as `ancestor` or one of its descendants?
+    pub fn within(&self, session: &str, ancestor: &str) -> bool {
+        let mut cur = Some(session);
+        // Bounded by the number of sessions: the parent chain cannot cycle (parents exist
+        // before their children), but a bound costs nothing.
+        for _ in 0..=self.sessions.len() {
+            match cur {
+                Some(s) if s == ancestor => return true,
+                Some(s) => cur = self.sessions.get(s).and_then(|x| x.spawned_by.as_deref()),
+                None => return false,
+            }
+        }
+        false
+    }
+
+    /// The job if `caller` may see it.
+    pub fn job_for(&self, caller: &str, job: &str) -> Option<&Job> {
+        self.jobs
+            .get(job)
+            .filter(|j| self.within(&j.session, caller))
+    }
+
+    pub fn jobs_for(&self, caller: &str) -> Vec<serde_json::Value> {
+        let mut v: Vec<&Job> = self
+            .jobs
+            .values()
+            .filter(|j| self.within(&j.session, caller))
+            .collect();
+        v.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        v.into_iter().map(Job::view).collect()
+    }
+
+    /// Marks a job finished and forgets the oldest finished jobs beyond `keep`.
+    pub fn finish(&mut self, job: &str, state: JobState, exit: serde_json::Value, keep: usize) {
+        let Some(j) = self.jobs.get_mut(job) else {
+            return;
+        };
+        let was_running = matches!(j.state, JobState::Running);
+        j.state = state;
+        j.exit = Some(exit);
+        j.cancel = None;
+        let session = j.session.clone();
+        if was_running {
+            self.running = self.running.saturating_sub(1);
+            if let Some(s) = self.sessions.get_mut(&session) {
+                s.running = s.running.saturating_sub(1);
+            }
+        }
+        let q = self.finished.entry(session).or_default();
+        q.push_back(job.to_string());
+        while q.len() > keep {
+            if let Some(old) = q.pop_front() {
+                self.jobs.remove(&old);
+            }
+        }
+    }
+}
+
+/// Prometheus counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub jobs_started: AtomicU64,
+    pub jobs_finished: AtomicU64,
+    pub jobs_refused: AtomicU64,
+    pub setup_failures: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub peers_refused: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub sessions_created: AtomicU64,
+}
+
+impl Metrics {
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn render(&self, active_jobs: usize, sessions: usize) -> String {
+        let mut out = String::new();
+        let mut counter = |name: &str, help: &str, v: u64, kind: &str| {
+            out.push_str(&format!(
+                "# HELP execbox_{name} {help}\n# TYPE execbox_{name} {kind}\nexecbox_{name} {v}\n"
+            ));
+        };
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        counter(
+            "jobs_started_total",
+            "Jobs handed to the sandbox.",
+            g(&self.jobs_started),
+            "counter",
+        );
+        counter(
+            "jobs_finished_total",
+            "Jobs that ran and ended.",
+            g(&self.jobs_finished),
+            "counter",
+        );
+        counter(
+            "jobs_refused_total",
+            "Jobs refused by policy or pending an approval that cannot be given yet.",
+            g(&self.jobs_refused),
+            "counter",
+        );
+        counter(
+            "setup_failures_total",
+            "Jobs whose sandbox could not be built.",
+            g(&self.setup_failures),
+            "counter",
+        );
+        counter(
+            "auth_failures_total",
+            "Requests with a missing, bad or expired token.",
+            g(&self.auth_failures),
+            "counter",
+        );
+        counter(
+            "peers_refused_total",
+            "Connections refused because the peer uid/gid is not allowed.",
+            g(&self.peers_refused),
+            "counter",
+        );
+        counter(
+            "rate_limited_total",
+            "Requests refused by a rate limit or lockout.",
+            g(&self.rate_limited),
+            "counter",
+        );
+        counter(
+            "sessions_created_total",
+            "Sessions minted.",
+            g(&self.sessions_created),
+            "counter",
+        );
+        counter(
+            "jobs_active",
+            "Jobs running now.",
+            active_jobs as u64,
+            "gauge",
+        );
+        counter("sessions", "Live sessions.", sessions as u64, "gauge");
+        out
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(id: &str, parent: Option<&str>) -> Session {
+        Session {
+            id: id.into(),
+            token_hash: [0; 32],
+            spawned_by: parent.map(Into::into),
+            owner_uid: 0,
+            profile: "default".into(),
+            workspace: "/w".into(),
+            sandbox_id: 0,
+            created_at: 0,
+            expires: Instant::now(),
+            expires_at: 0,
+            running: 0,
+        }
+    }
+
+    #[test]
+    fn ancestors_see_descendants_and_nobody_else() {
+        let mut s = State::default();
+        for (id, p) in [
+            ("a", None),
+            ("a1", Some("a")),
+            ("a11", Some("a1")),
+            ("b", None),
+        ] {
+            s.sessions.insert(id.into(), session(id, p));
+        }
+        assert!(s.within("a11", "a"));
+        assert!(s.within("a1", "a1"));
+        assert!(!s.within("a", "a1"), "a child does not see its parent");
+        assert!(!s.within("b", "a"));
+        assert!(!s.within("a", "b"));
+        assert!(!s.within("gone", "a"));
+    }
+}
