@@ -551,9 +551,13 @@ fn supervise(
         }
         // Nothing readable for a second after pid 1 was reaped: every writer is gone, so any
         // descriptor still open is one leaked outside the job (impossible by construction) and
-        // waiting longer would hang. A stream waiting for a slow *reader* is not such a case:
-        // its bytes are already in our pipe and must all be delivered.
-        if draining && ready == 0 && !out.output_blocked && !err.output_blocked {
+        // waiting longer would hang. A stream waiting for a slow *reader* is different: after a
+        // normal exit its bytes are the command's output and are all delivered (as `cat`
+        // would); after a timeout or cancellation the job was stopped, and a reader that
+        // never reads must not keep the supervisor alive past the limit.
+        let stopped = timed_out || cancels > 0;
+        let waiting_for_reader = out.output_blocked || err.output_blocked;
+        if draining && ready == 0 && (stopped || !waiting_for_reader) {
             break;
         }
     }

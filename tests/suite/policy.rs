@@ -2,7 +2,6 @@
 //! plus property tests: quoting/escaping variants of flagged commands stay flagged, and input
 //! the parser rejects is never allowed.
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use execbox::policy::{Command, Context, Verdict};
