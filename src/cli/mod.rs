@@ -6,8 +6,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod audit;
 pub mod policy;
 
+use audit::AuditCommand;
 use policy::PolicyCommand;
 
 /// Sandboxed exec supervisor for AI agents.
@@ -30,6 +32,11 @@ enum Commands {
     Policy {
         #[command(subcommand)]
         cmd: PolicyCommand,
+    },
+    /// Verify the hash chain of the audit log, or print its records
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCommand,
     },
 }
 
@@ -57,5 +64,6 @@ pub fn main() -> ExitCode {
     match cli.command {
         Commands::Run(args) => run::run(args),
         Commands::Policy { cmd } => policy::run(cmd),
+        Commands::Audit { cmd } => audit::run(cmd),
     }
 }
