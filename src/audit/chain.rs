@@ -2,11 +2,11 @@
 //! record commits to the one before it.
 //!
 //! A record is one JSON object on one line:
-//! `{"seq":N,"ts":"…","type":"…","prev":"<hex>",…event fields…}`. `prev` is the lowercase hex
-//! SHA-256 of the previous record's line exactly as stored, without its trailing `\n`; the first
-//! record of a new log has `seq` 1 and `prev` = 64 zeros ([`GENESIS`]). Verification hashes the
-//! stored bytes, never a re-serialization, so field order and number formatting never matter
-//! to the chain.
+//! `{"seq":N,"ts":"…","type":"…","prev":"<hex>",…event fields…}`. `prev` is the lowercase
+//! hex SHA-256 of the previous record's line exactly as stored, without its trailing `\n`; the
+//! first record of a new log has `seq` 1 and `prev` = 64 zeros ([`GENESIS`]). Verification
+//! hashes the stored bytes, never a re-serialization, so field order and number formatting
+//! never matter to the chain.
 //!
 //! This module must never do I/O: it turns events into bytes and bytes into headers.
 

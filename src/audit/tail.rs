@@ -39,7 +39,10 @@ const POLL: Duration = Duration::from_millis(200);
 /// and the invisible or direction-changing format characters (bidi overrides, zero-width).
 fn dangerous(c: char) -> bool {
     c.is_control()
-        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+        || matches!(
+            c,
+            '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}'
+        )
 }
 
 /// Makes control and format characters visible: `\n`, `\t`, `\r`, `\x1b`, `\u{9b}`; a

@@ -214,94 +214,90 @@ pub fn verify(files: &[PathBuf]) -> Result<Report, AuditError> {
         };
         let hash = LineHash::of_line(&raw.bytes);
         let seq = header.seq;
-        let Some(g) = &good else {
-            if seq == 1 && prev != GENESIS {
-                report.broken = Some(at(
-                    BreakKind::Edited,
-                    1,
-                    raw.file,
-                    raw.line,
-                    "the first record's prev is not 64 zeros".into(),
-                ));
-                break;
-            }
-            report.first_seq = Some(seq);
-            good = Some(Good {
-                seq,
-                hash,
-                prev,
-                file: raw.file,
-                line: raw.line,
-            });
-            report.records = 1;
-            continue;
-        };
-        let linked = prev == g.hash;
-        let broken = if seq == expected && linked {
-            None
-        } else if seq == expected {
-            // The next line repeating this seq and linking to the last good one means this
-            // line was slipped in; otherwise the last good line's bytes changed.
-            let next_links_past = matches!(lines.peek(), Some(Ok(n))
-                if parse(&n.bytes).is_ok_and(|(h, p)| h.seq == seq && p == g.hash));
-            if next_links_past {
-                brk(
-                    BreakKind::Inserted,
-                    format!("this record claims seq {seq} but the next line is the real one"),
-                )
-            } else {
-                Some(at(
-                    BreakKind::Edited,
-                    g.seq,
-                    g.file,
-                    g.line,
-                    format!(
-                        "its hash does not match the prev of seq {seq} (this record was modified, or the prev of the next one was)"
-                    ),
-                ))
-            }
-        } else if linked {
-            brk(
+        let broken = match &good {
+            // The first record present: seq 1 must be the genesis; a later seq means older
+            // files were rotated away, which the report shows as `first_seq`.
+            None if seq == 1 && prev != GENESIS => brk(
                 BreakKind::Edited,
-                format!("the record links correctly but its seq reads {seq}"),
-            )
-        } else if seq > expected {
-            match appears_later(&mut lines, expected, files)? {
-                Some(place) => brk(
-                    BreakKind::Reordered,
-                    format!("seq {seq} comes before seq {expected}, which is at {place}"),
-                ),
-                None if expected + 1 == seq => brk(
-                    BreakKind::Deleted,
-                    format!("record {expected} is missing before seq {seq}"),
-                ),
-                None => brk(
-                    BreakKind::Deleted,
-                    format!(
-                        "records {expected}..={} are missing before seq {seq}",
-                        seq - 1
-                    ),
-                ),
+                "the first record's prev is not 64 zeros".into(),
+            ),
+            None => None,
+            Some(g) => {
+                let linked = prev == g.hash;
+                if seq == expected && linked {
+                    None
+                } else if seq == expected {
+                    // The next line repeating this seq and linking to the last good one
+                    // means this line was slipped in; otherwise the last good line changed.
+                    let next_links_past = match lines.peek() {
+                        Some(Ok(n)) => {
+                            parse(&n.bytes).is_ok_and(|(h, p)| h.seq == seq && p == g.hash)
+                        }
+                        _ => false,
+                    };
+                    if next_links_past {
+                        brk(
+                            BreakKind::Inserted,
+                            format!(
+                                "this record claims seq {seq} but the next line is the real one"
+                            ),
+                        )
+                    } else {
+                        Some(at(
+                            BreakKind::Edited,
+                            g.seq,
+                            g.file,
+                            g.line,
+                            format!(
+                                "its hash does not match the prev of seq {seq} (this record was modified, or the prev of the next one was)"
+                            ),
+                        ))
+                    }
+                } else if linked {
+                    brk(
+                        BreakKind::Edited,
+                        format!("the record links correctly but its seq reads {seq}"),
+                    )
+                } else if seq > expected {
+                    match appears_later(&mut lines, expected, files)? {
+                        Some(place) => brk(
+                            BreakKind::Reordered,
+                            format!("seq {seq} comes before seq {expected}, which is at {place}"),
+                        ),
+                        None if expected + 1 == seq => brk(
+                            BreakKind::Deleted,
+                            format!("record {expected} is missing before seq {seq}"),
+                        ),
+                        None => brk(
+                            BreakKind::Deleted,
+                            format!(
+                                "records {expected}..={} are missing before seq {seq}",
+                                seq - 1
+                            ),
+                        ),
+                    }
+                } else if seq == g.seq && prev == g.prev {
+                    // Same seq and link as the line before: that line is a forged twin of this one.
+                    Some(at(
+                        BreakKind::Inserted,
+                        seq,
+                        g.file,
+                        g.line,
+                        format!("a forged record claiming seq {seq} precedes the real one"),
+                    ))
+                } else {
+                    brk(
+                        BreakKind::Inserted,
+                        format!("a record claiming seq {seq} appears where seq {expected} belongs"),
+                    )
+                }
             }
-        } else if seq == g.seq && prev == g.prev {
-            // Same seq and link as the line before: that line was a forged twin of this one.
-            Some(at(
-                BreakKind::Inserted,
-                seq,
-                g.file,
-                g.line,
-                format!("a forged record claiming seq {seq} precedes the real one"),
-            ))
-        } else {
-            brk(
-                BreakKind::Inserted,
-                format!("a record claiming seq {seq} appears where seq {expected} belongs"),
-            )
         };
         if broken.is_some() {
             report.broken = broken;
             break;
         }
+        report.first_seq.get_or_insert(seq);
         good = Some(Good {
             seq,
             hash,

@@ -411,6 +411,14 @@ mod tests {
         }
     }
 
+    /// A new log with small files in a temporary directory.
+    fn fresh() -> (tempfile::TempDir, PathBuf, AuditLog) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&p, small()).unwrap();
+        (dir, p, log)
+    }
+
     fn small() -> RotationPolicy {
         RotationPolicy {
             max_bytes: 4096,
@@ -420,9 +428,7 @@ mod tests {
 
     #[test]
     fn a_new_log_starts_at_seq_1_with_a_zero_prev_and_mode_0600() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("audit.jsonl");
-        let mut log = AuditLog::open(&p, small()).unwrap();
+        let (_dir, p, mut log) = fresh();
         assert_eq!(log.append(&Event::DaemonStop {}).unwrap(), 1);
         let text = std::fs::read_to_string(&p).unwrap();
         let h: Header = serde_json::from_str(text.trim_end()).unwrap();
@@ -433,9 +439,7 @@ mod tests {
 
     #[test]
     fn reopening_continues_the_chain_from_the_last_record() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("audit.jsonl");
-        let mut log = AuditLog::open(&p, small()).unwrap();
+        let (_dir, p, mut log) = fresh();
         log.append(&alert(1)).unwrap();
         log.append(&alert(2)).unwrap();
         let last = log.last_hash();
@@ -448,9 +452,7 @@ mod tests {
 
     #[test]
     fn rotation_keeps_the_chain_and_deletes_only_beyond_keep() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("audit.jsonl");
-        let mut log = AuditLog::open(&p, small()).unwrap();
+        let (_dir, p, mut log) = fresh();
         // ~150 bytes a record, ~27 per 4 KiB file: 150 records rotate more than keep times.
         for n in 0..150 {
             log.append(&alert(n)).unwrap();
@@ -468,9 +470,7 @@ mod tests {
 
     #[test]
     fn reopening_right_after_a_rotation_resumes_from_the_rotated_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("audit.jsonl");
-        let mut log = AuditLog::open(&p, small()).unwrap();
+        let (_dir, p, mut log) = fresh();
         log.append(&alert(1)).unwrap();
         drop(log);
         std::fs::rename(&p, rotated_path(&p, 1)).unwrap();
@@ -481,9 +481,7 @@ mod tests {
 
     #[test]
     fn a_torn_last_line_is_cut_off_and_the_repair_is_recorded() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("audit.jsonl");
-        let mut log = AuditLog::open(&p, small()).unwrap();
+        let (_dir, p, mut log) = fresh();
         log.append(&alert(1)).unwrap();
         drop(log);
         let mut f = OpenOptions::new().append(true).open(&p).unwrap();

@@ -1,3 +1,4 @@
+mod audit;
 mod harness;
 mod policy;
 mod run_policy;
