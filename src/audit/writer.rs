@@ -57,7 +57,7 @@ pub fn rotated_path(path: &Path, n: usize) -> PathBuf {
 
 /// The log and its rotated siblings that exist, oldest first (`path.N` … `path.1`, `path`):
 /// the order `verify` needs. Gaps in the numbering are kept out of the list, not papered over:
-/// verify then reports the missing records.
+/// verify then reports the missing records. Empty when there is no such directory.
 pub fn log_files(path: &Path) -> Result<Vec<PathBuf>, AuditError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -66,10 +66,13 @@ pub fn log_files(path: &Path) -> Result<Vec<PathBuf>, AuditError> {
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let prefix = format!("{name}.");
     let mut rotated: Vec<usize> = Vec::new();
-    let entries = std::fs::read_dir(&dir).map_err(|source| AuditError::Read {
-        path: dir.clone(),
-        source,
-    })?;
+    let entries = match std::fs::read_dir(&dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        r => r.map_err(|source| AuditError::Read {
+            path: dir.clone(),
+            source,
+        })?,
+    };
     for e in entries.flatten() {
         let f = e.file_name();
         let f = f.to_string_lossy();

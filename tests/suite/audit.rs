@@ -296,3 +296,29 @@ fn audit_full_disk_fails_the_append_cleanly_and_the_chain_continues_after() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     assert!(text(&o.stdout).contains(&format!("ok: {} records", last_ok + 1)));
 }
+
+/// A chain built here from the definition in docs/audit.md alone (not with the writer) must
+/// verify: the documented format and the code agree.
+#[test]
+fn audit_a_log_written_to_the_documented_definition_verifies() {
+    use sha2::{Digest, Sha256};
+    let ws = Ws::new();
+    let p = ws.path().join("audit.jsonl");
+    let mut prev = "0".repeat(64);
+    let mut log = String::new();
+    for seq in 1..=5 {
+        let line = format!(
+            r#"{{"seq":{seq},"ts":"2025-01-31T12:00:00.123Z","type":"alert","prev":"{prev}","kind":"doc","detail":"by hand"}}"#
+        );
+        prev = Sha256::digest(line.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        log.push_str(&line);
+        log.push('\n');
+    }
+    std::fs::write(&p, &log).unwrap();
+    let o = audit(&["verify"], std::slice::from_ref(&p));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains(&format!("sha256 {prev}")));
+}
