@@ -4,7 +4,8 @@
 //! - [`chain`]: the record format, the hash and the [`Event`] types.
 //! - [`writer`]: [`AuditLog`] appends, fsyncs and rotates; [`AuditHandle`] shares it.
 //! - [`verify`]: walks the chain across rotated files and names the first broken link.
-//! - [`tail`]: renders records for a terminal with control characters made visible.
+//! - [`tail`]: renders records for a terminal with control characters made visible, and
+//!   reads records after a given seq (for the operator socket).
 //!
 //! What this module must never do: report an append as done before the record is durable, or
 //! count a record in the chain that did not fully reach the file. Callers act only after
