@@ -1,6 +1,7 @@
 //! execbox: a sandboxed exec supervisor for AI agents.
 //!
 //! Module map (see `docs/ARCHITECTURE.md`):
+//! - [`audit`]: the tamper-evident audit log (hash-chained JSON Lines) and its verifier.
 //! - [`cli`]: the `execbox` command line; the only place that uses `anyhow`.
 //! - [`profile`]: a policy file (`policies/*.toml`): sandbox view, limits and command rules.
 //! - [`policy`]: shell parsing and the structural command rules that give a verdict.
@@ -8,6 +9,7 @@
 //!   itself. `sandbox::sys` is the only module allowed to contain `unsafe`.
 //! - [`units`]: parsing of sizes and durations shared by the CLI and the profile.
 
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod policy;

@@ -8,8 +8,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod audit;
 pub mod policy;
 
+use audit::AuditCommand;
 use policy::PolicyCommand;
 
 /// Sandboxed exec supervisor for AI agents.
@@ -32,6 +34,11 @@ enum Commands {
     Policy {
         #[command(subcommand)]
         cmd: PolicyCommand,
+    },
+    /// Verify the hash chain of the audit log, or print its records
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCommand,
     },
     /// Run the supervisor daemon: HTTP/1.1 + JSON over two Unix sockets (agent, operator)
     Serve(serve::ServeArgs),
@@ -84,5 +91,6 @@ pub fn main() -> ExitCode {
         }
         Commands::Serve(args) => serve::serve(args),
         Commands::Policy { cmd } => policy::run(cmd),
+        Commands::Audit { cmd } => audit::run(cmd),
     }
 }
