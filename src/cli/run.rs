@@ -276,6 +276,11 @@ pub fn run(args: RunArgs) -> ExitCode {
         .as_ref()
         .map(|fd| (fd.as_fd(), &mut drain as &mut dyn FnMut() -> bool));
 
+    // A pipe on our stdout: grow it so each splice can move up to 1 MiB (the caller's pipe,
+    // but a larger buffer changes nothing for its reader except fewer wake-ups).
+    for fd in [std::io::stdout().as_fd(), std::io::stderr().as_fd()] {
+        let _ = sys::set_pipe_size(fd, 1 << 20);
+    }
     let mut sink = Terminal {
         stdout: std::io::stdout(),
         stderr: std::io::stderr(),
