@@ -918,3 +918,24 @@ fn a_slow_reader_still_gets_every_byte_after_the_job_ended() {
     assert!(child.wait().unwrap().success());
     assert_eq!(got.len(), 1_000_000);
 }
+
+#[test]
+fn the_command_cannot_reach_pid_1_s_descriptors_or_forge_its_exit() {
+    // pid 1 holds the report pipe to the supervisor. It is not dumpable, so even a command that
+    // is uid 0 inside its namespace (root-owned workspace) cannot open /proc/1/fd/*. As root the
+    // id switch already clears dumpable; in the unprivileged CI pass (no id change) only pid 1's
+    // explicit PR_SET_DUMPABLE keeps this closed: without it this test fails there.
+    let o = py(
+        "import os\ntry:\n os.listdir('/proc/1/fd'); print('listed')\nexcept PermissionError: print('refused')\ntry:\n open('/proc/1/fd/3', 'wb'); print('opened')\nexcept PermissionError: print('refused')\nprint(len(os.listdir('/proc/self/fd')) > 0)",
+    );
+    assert_eq!(
+        stdout(&o),
+        "refused\nrefused\nTrue\n",
+        "{}",
+        text(&o.stderr)
+    );
+    // And a command that exits 3 is reported as 3, whatever it tried.
+    let o =
+        sh("for f in /proc/1/fd/*; do printf 'xxxxxxxxxxxxxxxx' > $f; done 2>/dev/null; exit 3");
+    assert_eq!(o.status.code(), Some(3));
+}
