@@ -4,3 +4,4 @@ mod harness;
 mod policy;
 mod run_policy;
 mod sandbox;
+mod tidy;

@@ -87,6 +87,8 @@ fn unprivileged_pass() -> Result<()> {
         "tests/fixtures",
         "tests/probes",
         "tests/corpus",
+        "docs",
+        "src",
     ] {
         copy_tree(&project_root().join(rel), &source.join(rel))?;
     }
