@@ -528,6 +528,11 @@ mod tests {
         let text = include_str!("../packaging/execbox.toml");
         // The example names a group that may not exist here; the rest must validate.
         let text = text.replace("agent_group = \"execbox\"", "");
+        // The package installs the policies under /etc; here they are in the checkout.
+        let text = text.replace(
+            "\"/etc/execbox/policies\"",
+            &format!("{:?}", concat!(env!("CARGO_MANIFEST_DIR"), "/policies")),
+        );
         parse(&text).unwrap();
     }
 }
