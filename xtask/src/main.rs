@@ -8,6 +8,7 @@
 mod bench;
 mod ci;
 mod daemon;
+mod install_smoke;
 mod package;
 
 use std::path::{Path, PathBuf};
@@ -22,13 +23,15 @@ fn main() -> Result<()> {
         Some("bench") => bench::run(&args[1..]),
         Some("dist") => package::dist().map(drop),
         Some("deb") => package::deb().map(drop),
+        Some("deb-test") => install_smoke::run(),
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
                  tasks:\n  ci      fmt, clippy, tests as root and as an unprivileged user (what .ci/run runs)\n  \
                  bench   execbox vs bwrap vs unshare vs bare latency, and stdout throughput\n  \
                  dist    man pages and shell completions into target/dist/\n  \
-                 deb     the Debian package into target/debian/ (release build + dist + dpkg-deb)"
+                 deb     the Debian package into target/debian/ (release build + dist + dpkg-deb)\n  \
+                 deb-test  build, install, doctor, smoke-test and purge the package (root; part of ci)"
             );
             bail!("no task given")
         }
