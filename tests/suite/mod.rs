@@ -1,4 +1,5 @@
 mod daemon;
+mod doctor;
 mod harness;
 mod policy;
 mod run_policy;
