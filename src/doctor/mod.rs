@@ -215,7 +215,7 @@ mod tests {
         let warn = Check::warn("b", "b", "meh", "do x");
         let fail = Check::fail("c", "c", "bad", "do y");
         assert_eq!(exit_code(&[]), 0);
-        assert_eq!(exit_code(&[ok.clone()]), 0);
+        assert_eq!(exit_code(std::slice::from_ref(&ok)), 0);
         assert_eq!(exit_code(&[ok.clone(), warn.clone()]), 1);
         assert_eq!(exit_code(&[fail.clone(), ok, warn]), 2);
     }
