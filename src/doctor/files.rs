@@ -80,6 +80,24 @@ fn chmod(path: &Path, mode: u32, was: u32, changes: &mut Changes) -> std::io::Re
     Ok(())
 }
 
+/// With `fix`, sets `path` to `target` when it differs; returns the mode now in place and a
+/// note for the evidence (what was fixed, or why it could not be).
+fn repair_mode(
+    path: &Path,
+    mode: u32,
+    target: u32,
+    fix: bool,
+    changes: &mut Changes,
+) -> (u32, String) {
+    if mode == target || !fix {
+        return (mode, String::new());
+    }
+    match chmod(path, target, mode, changes) {
+        Ok(()) => (target, format!(" (fixed: was {mode:04o})")),
+        Err(e) => (mode, format!(" (chmod failed: {e})")),
+    }
+}
+
 fn mkdir(path: &Path, mode: u32, changes: &mut Changes) -> std::io::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -157,17 +175,7 @@ pub fn state_dir_check(
             "move it away or point paths.state_dir elsewhere",
         );
     }
-    let mut mode = mode_of(&meta);
-    let mut note = String::new();
-    if mode != expected && fix {
-        match chmod(path, expected, mode, changes) {
-            Ok(()) => {
-                note = format!(" (fixed: was {mode:04o})");
-                mode = expected;
-            }
-            Err(e) => note = format!(" (chmod failed: {e})"),
-        }
-    }
+    let (mode, note) = repair_mode(path, mode_of(&meta), expected, fix, changes);
     let mut status = judge(mode, expected);
     let mut evidence = format!("{} is {mode:04o}{note}", path.display());
     if expected & 0o011 != 0 && mode & 0o011 != 0o011 {
@@ -204,18 +212,8 @@ pub fn config_file_check(path: &Path, euid: u32, fix: bool, changes: &mut Change
             "check the path",
         );
     };
-    let mut mode = mode_of(&meta);
-    let allowed = mode & 0o640;
-    let mut note = String::new();
-    if mode != allowed && fix {
-        match chmod(path, allowed, mode, changes) {
-            Ok(()) => {
-                note = format!(" (fixed: was {mode:04o})");
-                mode = allowed;
-            }
-            Err(e) => note = format!(" (chmod failed: {e})"),
-        }
-    }
+    let allowed = mode_of(&meta) & 0o640;
+    let (mode, note) = repair_mode(path, mode_of(&meta), allowed, fix, changes);
     let status = if mode & !0o640 == 0 {
         Status::Ok
     } else if mode & GROUP_OTHER_WRITE != 0 {
@@ -300,17 +298,7 @@ pub fn socket_check(
             format!("{} not present (daemon not running)", path.display()),
         );
     };
-    let mut mode = mode_of(&meta);
-    let mut note = String::new();
-    if mode != expected && fix {
-        match chmod(path, expected, mode, changes) {
-            Ok(()) => {
-                note = format!(" (fixed: was {mode:04o})");
-                mode = expected;
-            }
-            Err(e) => note = format!(" (chmod failed: {e})"),
-        }
-    }
+    let (mode, note) = repair_mode(path, mode_of(&meta), expected, fix, changes);
     let mut status = judge(mode, expected);
     let mut evidence = format!(
         "{} is {mode:04o}, group {}{note}",
@@ -383,17 +371,7 @@ pub fn audit_log_check(path: &Path, fix: bool, changes: &mut Changes) -> Check {
             format!("{} not written yet; its directory is safe", path.display()),
         );
     };
-    let mut mode = mode_of(&meta);
-    let mut note = String::new();
-    if mode != 0o600 && fix {
-        match chmod(path, 0o600, mode, changes) {
-            Ok(()) => {
-                note = format!(" (fixed: was {mode:04o})");
-                mode = 0o600;
-            }
-            Err(e) => note = format!(" (chmod failed: {e})"),
-        }
-    }
+    let (mode, note) = repair_mode(path, mode_of(&meta), 0o600, fix, changes);
     let status = if mode & 0o077 == 0 {
         Status::Ok
     } else {

@@ -73,11 +73,7 @@ impl Check {
         evidence: impl Into<String>,
         fix: impl Into<String>,
     ) -> Check {
-        Check {
-            status: Status::Warn,
-            fix: Some(fix.into()),
-            ..Check::ok(id, title, evidence)
-        }
+        Check::with_fix(Status::Warn, id, title, evidence, fix)
     }
 
     pub fn fail(
@@ -86,8 +82,18 @@ impl Check {
         evidence: impl Into<String>,
         fix: impl Into<String>,
     ) -> Check {
+        Check::with_fix(Status::Fail, id, title, evidence, fix)
+    }
+
+    fn with_fix(
+        status: Status,
+        id: &'static str,
+        title: impl Into<String>,
+        evidence: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Check {
         Check {
-            status: Status::Fail,
+            status,
             fix: Some(fix.into()),
             ..Check::ok(id, title, evidence)
         }
