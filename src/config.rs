@@ -15,6 +15,9 @@ use serde::Deserialize;
 use crate::profile::{Profile, ProfileError};
 use crate::units::{parse_duration, parse_size};
 
+/// Where the audit log goes unless `paths.audit_log` says otherwise.
+pub const DEFAULT_AUDIT_LOG: &str = "/var/log/execbox/audit.jsonl";
+
 /// A validated configuration.
 #[derive(Debug)]
 pub struct Config {
@@ -28,6 +31,8 @@ pub struct Config {
     pub operator_uids: Vec<u32>,
     pub state_dir: PathBuf,
     pub workspace_root: PathBuf,
+    /// The audit log (JSON Lines, hash-chained); `doctor` checks its mode and contents.
+    pub audit_log: PathBuf,
     /// Profiles by name (file stem, or `default` for the embedded one).
     pub profiles: BTreeMap<String, Profile>,
     pub default_profile: String,
@@ -147,6 +152,7 @@ struct RawAllow {
 struct RawPaths {
     state_dir: Option<PathBuf>,
     workspace_root: Option<PathBuf>,
+    audit_log: Option<PathBuf>,
     profiles_dir: Option<PathBuf>,
     default_profile: Option<String>,
     #[serde(default)]
@@ -294,6 +300,12 @@ impl RawConfig {
                 .workspace_root
                 .unwrap_or_else(|| state_dir.join("workspaces")),
         )?;
+        let audit_log = absolute(
+            "paths.audit_log",
+            self.paths
+                .audit_log
+                .unwrap_or_else(|| DEFAULT_AUDIT_LOG.into()),
+        )?;
 
         let mut profiles = BTreeMap::new();
         match &self.paths.profiles_dir {
@@ -438,6 +450,7 @@ impl RawConfig {
             operator_uids: self.allow.operator_uids,
             state_dir,
             workspace_root,
+            audit_log,
             profiles,
             default_profile,
             approval_profiles: self.paths.approval_profiles,
@@ -515,6 +528,11 @@ mod tests {
         let text = include_str!("../packaging/execbox.toml");
         // The example names a group that may not exist here; the rest must validate.
         let text = text.replace("agent_group = \"execbox\"", "");
+        // The package installs the policies under /etc; here they are in the checkout.
+        let text = text.replace(
+            "\"/etc/execbox/policies\"",
+            &format!("{:?}", concat!(env!("CARGO_MANIFEST_DIR"), "/policies")),
+        );
         parse(&text).unwrap();
     }
 }

@@ -7,11 +7,13 @@
 //! - [`policy`]: shell parsing and the structural command rules that give a verdict.
 //! - [`sandbox`]: namespaces, mounts, landlock, seccomp, capabilities, cgroups and the spawn
 //!   itself. `sandbox::sys` is the only module allowed to contain `unsafe`.
+//! - [`doctor`]: host, config and file-permission checks (`execbox doctor`, and at `serve` start).
 //! - [`units`]: parsing of sizes and durations shared by the CLI and the profile.
 
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod policy;
 pub mod profile;
 pub mod sandbox;

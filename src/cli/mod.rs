@@ -1,12 +1,13 @@
 //! The `execbox` command line. The only place that turns typed errors into reports.
 
+mod doctor;
 mod remote;
 mod run;
 mod serve;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 pub mod audit;
 pub mod policy;
@@ -42,6 +43,14 @@ enum Commands {
     },
     /// Run the supervisor daemon: HTTP/1.1 + JSON over two Unix sockets (agent, operator)
     Serve(serve::ServeArgs),
+    /// Check this host, the config and file permissions; say how to fix what is wrong
+    Doctor(doctor::DoctorArgs),
+}
+
+/// The clap definition of the whole command line: what `cargo xtask dist` renders into the man
+/// page and the shell completions.
+pub fn command() -> clap::Command {
+    Cli::command()
 }
 
 /// Sets up logging on stderr; `EXECBOX_LOG` overrides the level.
@@ -92,5 +101,6 @@ pub fn main() -> ExitCode {
         Commands::Serve(args) => serve::serve(args),
         Commands::Policy { cmd } => policy::run(cmd),
         Commands::Audit { cmd } => audit::run(cmd),
+        Commands::Doctor(args) => doctor::doctor(args),
     }
 }

@@ -207,6 +207,38 @@ pub fn waitpid_nohang(pid: libc::pid_t) -> SysResult<Option<(libc::pid_t, libc::
     Ok((r != 0).then_some((r, status)))
 }
 
+/// Blocking `waitpid(pid, 0)`, retried on EINTR (the doctor's probe children).
+pub fn waitpid(pid: libc::pid_t) -> SysResult<Exit> {
+    retry(|| {
+        let mut status = 0;
+        // SAFETY: valid pointer to a local.
+        check_int(unsafe { libc::waitpid(pid, &mut status, 0) })?;
+        Ok(Exit::from_wait_status(status))
+    })
+}
+
+/// `pidfd_open(2)`: a pidfd for `pid` (ENOSYS before Linux 5.3).
+pub fn pidfd_open(pid: libc::pid_t) -> SysResult<OwnedFd> {
+    // SAFETY: plain syscall on integers.
+    let fd = check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) })?;
+    // SAFETY: the kernel just returned this fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Whether `clone3(2)` exists, without creating a process: a null `clone_args` of size 0 is
+/// refused with EINVAL by a kernel that has the call and ENOSYS by one that does not.
+pub fn clone3_probe() -> Errno {
+    // SAFETY: size 0 makes the kernel reject the arguments before it reads the null pointer.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            std::ptr::null_mut::<libc::c_void>(),
+            0usize,
+        )
+    };
+    if r < 0 { Errno::last() } else { Errno(0) }
+}
+
 /// `kill(2)`.
 pub fn kill(pid: libc::pid_t, sig: libc::c_int) -> SysResult<()> {
     // SAFETY: plain syscall.

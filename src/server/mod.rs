@@ -5,7 +5,8 @@
 //! Must never: listen on TCP, accept a peer outside the allowlist, run sandbox code in this
 //! (multithreaded) process, or leave a job running after it exits.
 //!
-//! Start order matters: config → stale cgroup sweep → spawner fork (the process still has one
+//! Start order matters: config → `doctor` checks (refuse to start on a failure; they fork
+//! probes, so they run while the process has one thread) → stale cgroup sweep → spawner fork (the process still has one
 //! thread) → sockets → `PR_SET_DUMPABLE 0` → tokio runtime.
 
 pub mod api;
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::doctor::{self, Status};
 use crate::sandbox::{self, sys};
 use api::{ApiError, Peer};
 use auth::{Lockout, RateLimiter};
@@ -41,6 +43,12 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "refusing to start: {} check(s) failed ({}); fix them (each is logged with its fix) and see `execbox doctor`",
+        .0.len(),
+        .0.join(", ")
+    )]
+    Doctor(Vec<&'static str>),
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
 }
@@ -300,8 +308,9 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
             config.agent_socket.display()
         );
     }
+    start_checks(&config)?;
     sweep_stale_cgroups(config.cgroup_parent.as_deref());
-    make_dir(&config.state_dir, 0o711)?;
+    make_dir(&config.state_dir, doctor::files::state_dir_mode(&config))?;
     make_dir(&config.workspace_root, 0o711)?;
 
     let ctx = spawner::SpawnerContext {
@@ -353,6 +362,35 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The `execbox doctor` checks, read-only: warnings are logged, failures are logged with their
+/// fix and stop the start.
+fn start_checks(config: &Config) -> Result<(), ServeError> {
+    let cx = doctor::Context {
+        config: doctor::Loaded::Valid(config),
+        config_path: Some(std::path::Path::new(&config.file)),
+        mode: doctor::Mode::Daemon,
+        euid: sys::geteuid(),
+    };
+    let checks = doctor::run(&cx, &mut doctor::Changes::default());
+    let mut failed = Vec::new();
+    for c in &checks {
+        let fix = c.fix.as_deref().unwrap_or("");
+        match c.status {
+            Status::Ok => tracing::debug!(check = c.id, "{}: {}", c.title, c.evidence),
+            Status::Warn => tracing::warn!(check = c.id, fix, "{}: {}", c.title, c.evidence),
+            Status::Fail => {
+                tracing::error!(check = c.id, fix, "{}: {}", c.title, c.evidence);
+                failed.push(c.id);
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(ServeError::Doctor(failed))
+    }
 }
 
 async fn run(srv: Arc<Server>, listeners: listen::Listeners) {

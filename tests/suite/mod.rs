@@ -1,5 +1,6 @@
 mod audit;
 mod daemon;
+mod doctor;
 mod harness;
 mod policy;
 mod run_policy;

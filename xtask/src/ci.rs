@@ -1,5 +1,6 @@
 //! `cargo xtask ci`: formatting, lints, the whole test suite as root, then the sandbox suite
-//! again as an unprivileged user with a delegated cgroup subtree (the two ways execbox runs).
+//! again as an unprivileged user with a delegated cgroup subtree (the two ways execbox runs),
+//! then (as root) the package: build, install, doctor, a smoke test, purge.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,8 +30,11 @@ pub fn run() -> Result<()> {
     )?;
     if is_root() {
         unprivileged_pass()?;
+        crate::install_smoke::run()?;
     } else {
-        eprintln!("xtask ci: not root, so the root pass above was the unprivileged one");
+        eprintln!(
+            "xtask ci: not root, so the root pass above was the unprivileged one, and the package is not installed"
+        );
     }
     Ok(())
 }

@@ -2,10 +2,14 @@
 //!
 //! - `ci`: everything CI checks. If it passes locally, `.ci/run` passes.
 //! - `bench`: the published latency/throughput comparison (see docs/benchmarks.md).
+//! - `dist`: man pages and shell completions rendered from the clap definitions.
+//! - `deb`: the Debian package (`[package.metadata.deb]` in Cargo.toml, built with dpkg-deb).
 
 mod bench;
 mod ci;
 mod daemon;
+mod install_smoke;
+mod package;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,11 +21,17 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("ci") => ci::run(),
         Some("bench") => bench::run(&args[1..]),
+        Some("dist") => package::dist().map(drop),
+        Some("deb") => package::deb().map(drop),
+        Some("deb-test") => install_smoke::run(),
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
                  tasks:\n  ci      fmt, clippy, tests as root and as an unprivileged user (what .ci/run runs)\n  \
-                 bench   execbox vs bwrap vs unshare vs bare latency, and stdout throughput"
+                 bench   execbox vs bwrap vs unshare vs bare latency, and stdout throughput\n  \
+                 dist    man pages and shell completions into target/dist/\n  \
+                 deb     the Debian package into target/debian/ (release build + dist + dpkg-deb)\n  \
+                 deb-test  build, install, doctor, smoke-test and purge the package (root; part of ci)"
             );
             bail!("no task given")
         }
