@@ -9,6 +9,7 @@
 //!   itself. `sandbox::sys` is the only module allowed to contain `unsafe`.
 //! - [`units`]: parsing of sizes and durations shared by the CLI and the profile.
 
+pub mod artifacts;
 pub mod audit;
 pub mod cli;
 pub mod config;
