@@ -53,7 +53,8 @@ fn run(d: &Daemon, s: &Session, script: &str, extra: Value) -> Vec<Value> {
     let (status, events) = d.exec(&s.token, body);
     assert_eq!(status, 200, "{events:?}\n{}", d.log());
     let exit = exit_of(&events);
-    assert_eq!(exit["code"], 0, "{exit}\n{}", d.log());
+    let err = text(&output(&events, "stderr")) + &text(&output(&events, "stdout"));
+    assert_eq!(exit["code"], 0, "{exit}\nstderr: {err}\n{}", d.log());
     events
 }
 
@@ -109,6 +110,17 @@ fn sha256_hex(b: &[u8]) -> String {
         .collect()
 }
 
+/// Creates `ws/out` on the host, owned like the workspace (as root the workspace belongs to the
+/// session's sandbox uid, and a root-owned `out` would not be writable inside).
+fn make_out(ws: &Path) -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let out = ws.join("out");
+    std::fs::create_dir(&out).unwrap();
+    let m = std::fs::metadata(ws).unwrap();
+    std::os::unix::fs::chown(&out, Some(m.uid()), Some(m.gid())).unwrap();
+    out
+}
+
 fn sh_host(cmd: &str, args: &[&str]) {
     let st = Command::new(cmd).args(args).status().unwrap();
     assert!(st.success(), "{cmd} {args:?}");
@@ -159,8 +171,8 @@ fn symlinks_hardlinks_fifos_and_subdirectories_in_the_artifacts_dir_are_refused(
     run(&d, &other, "echo other-secret > b.txt", json!({}));
     let s = session(&d, None, None);
     // A FIFO, made on the host (what matters is that the daemon never opens it for reading).
-    std::fs::create_dir(s.workspace.join("out")).unwrap();
-    sh_host("mkfifo", &[s.workspace.join("out/fifo").to_str().unwrap()]);
+    let out = make_out(&s.workspace);
+    sh_host("mkfifo", &[out.join("fifo").to_str().unwrap()]);
     let script = format!(
         "echo secret > secret && cd out && ln -s /etc/passwd passwd && \
          ln -s {other}/b.txt other && ln ../secret hard && ln -s . self && mkdir sub && \
@@ -188,8 +200,7 @@ fn a_device_node_in_the_artifacts_dir_is_refused() {
     }
     let d = start();
     let s = session(&d, None, None);
-    let out = s.workspace.join("out");
-    std::fs::create_dir(&out).unwrap();
+    let out = make_out(&s.workspace);
     // /dev/null's numbers: harmless even if something did open it.
     sh_host(
         "mknod",
@@ -471,10 +482,10 @@ fn binary_output_is_flagged_and_text_is_not() {
 #[test]
 fn the_profile_keys_are_validated_when_the_daemon_starts() {
     let dir = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(fixture("artifacts.toml"))
+    let profile = std::fs::read_to_string(fixture("artifacts.toml"))
         .unwrap()
         .replace("dir = \"out\"", "dir = \"../out\"");
-    std::fs::write(dir.path().join("bad.toml"), text).unwrap();
+    std::fs::write(dir.path().join("bad.toml"), profile).unwrap();
     let o = Command::new(&*EXECBOX)
         .args(["serve", "--config"])
         .arg(write_config(dir.path()))
