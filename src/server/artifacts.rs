@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use super::Server;
 use super::api::{ApiError, Body, ChannelBody, Peer};
+use super::state::State;
 use crate::artifacts::{self, FetchError};
 use crate::profile::ArtifactsProfile;
 
@@ -35,8 +36,7 @@ pub async fn attach(srv: &Arc<Server>, job: &str, a: JobArtifacts, exit: &mut se
     let listed = {
         let mut st = srv.state();
         let now = Instant::now();
-        let live: std::collections::HashSet<String> = st.sessions.keys().cloned().collect();
-        st.artifacts.purge(now, |s| live.contains(s));
+        purge(&mut st, now);
         st.artifacts
             .register(&a.session, job, &a.workspace, &a.cfg, &mut collected, now)
     };
@@ -62,6 +62,17 @@ pub async fn attach(srv: &Arc<Server>, job: &str, a: JobArtifacts, exit: &mut se
     }
 }
 
+/// Forgets expired ids and ids of ended sessions (under the state lock, so a lookup right
+/// after cannot see one).
+fn purge(st: &mut State, now: Instant) {
+    let State {
+        sessions,
+        artifacts,
+        ..
+    } = st;
+    artifacts.purge(now, |s| sessions.contains_key(s));
+}
+
 /// `GET /v1/artifacts/{file_id}`: the bytes, if the caller's session or a descendant owns it.
 pub async fn get(
     srv: &Arc<Server>,
@@ -70,12 +81,11 @@ pub async fn get(
     id: &str,
 ) -> Result<Response<Body>, ApiError> {
     let caller = srv.authenticate(peer, req.headers())?;
-    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such resource");
+    let not_found = ApiError::not_found;
     let entry = {
         let mut st = srv.state();
         let now = Instant::now();
-        let live: std::collections::HashSet<String> = st.sessions.keys().cloned().collect();
-        st.artifacts.purge(now, |s| live.contains(s));
+        purge(&mut st, now);
         let e = st.artifacts.get(id, now).cloned().ok_or_else(not_found)?;
         if !st.within(&e.session, &caller) {
             return Err(not_found());
