@@ -10,6 +10,7 @@
 //! - [`doctor`]: host, config and file-permission checks (`execbox doctor`, and at `serve` start).
 //! - [`units`]: parsing of sizes and durations shared by the CLI and the profile.
 
+pub mod artifacts;
 pub mod audit;
 pub mod cli;
 pub mod config;

@@ -27,7 +27,42 @@ pub struct Profile {
     pub source: String,
     pub sandbox: SandboxProfile,
     pub limits: Limits,
+    /// Files a job leaves in a workspace directory, handed out by opaque id (none when absent).
+    pub artifacts: Option<ArtifactsProfile>,
+    /// What the daemon's relay does to output besides the byte cap (`limits.output`).
+    pub output: OutputProfile,
     pub policy: Policy,
+}
+
+/// `[artifacts]`: where a job leaves files for its caller, and how many may be kept how long.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArtifactsProfile {
+    /// Workspace-relative, without `..` or `.` components; only its direct entries count.
+    pub dir: PathBuf,
+    pub max_files: usize,
+    pub max_file_bytes: u64,
+    pub max_total_bytes: u64,
+    /// How long an id stays valid after the job ends.
+    pub ttl: Duration,
+}
+
+/// `[output]`: the output guard (the byte cap itself is `limits.output`, which
+/// `output.max_bytes` may set instead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputProfile {
+    /// Remove terminal control sequences and C0 controls other than `\n`, `\t`, `\r`.
+    pub strip_control: bool,
+    /// Flag a stream as binary (NUL, or mostly invalid UTF-8, in its first bytes).
+    pub detect_binary: bool,
+}
+
+impl Default for OutputProfile {
+    fn default() -> Self {
+        OutputProfile {
+            strip_control: false,
+            detect_binary: true,
+        }
+    }
 }
 
 /// What the sandbox shows and allows.
@@ -134,8 +169,29 @@ struct RawProfile {
     sandbox: RawSandbox,
     #[serde(default)]
     limits: RawLimits,
+    artifacts: Option<RawArtifacts>,
+    #[serde(default)]
+    output: RawOutput,
     #[serde(default)]
     rule: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawArtifacts {
+    dir: String,
+    max_files: Option<usize>,
+    max_file_bytes: Option<RawSize>,
+    max_total_bytes: Option<RawSize>,
+    ttl: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawOutput {
+    max_bytes: Option<RawSize>,
+    strip_control: Option<bool>,
+    detect_binary: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -222,6 +278,12 @@ struct RawLimits {
 const DEFAULT_WALL_TIME: Duration = Duration::from_secs(600);
 const DEFAULT_NOFILE: u64 = 1024;
 const DEFAULT_OUTPUT_BYTES: u64 = 64 << 20;
+const DEFAULT_ARTIFACT_FILES: usize = 64;
+const DEFAULT_ARTIFACT_FILE_BYTES: u64 = 64 << 20;
+const DEFAULT_ARTIFACT_TOTAL_BYTES: u64 = 256 << 20;
+const DEFAULT_ARTIFACT_TTL: Duration = Duration::from_secs(3600);
+/// Above this many files per job an `exit` event stops being a small message.
+const MAX_ARTIFACT_FILES: usize = 4096;
 
 impl Profile {
     /// The profile compiled into the binary.
@@ -396,13 +458,94 @@ impl Profile {
                 "use e.g. 1024",
             ));
         }
+        // `output.max_bytes` and `limits.output` are one setting under two names; both is fine
+        // only when they agree.
+        let output_bytes = match (
+            size("limits.output", l.output)?,
+            size("output.max_bytes", raw.output.max_bytes)?,
+        ) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(invalid(
+                    "output.max_bytes",
+                    format!("{b} differs from limits.output {a}; they are the same cap"),
+                    "set only one of them",
+                ));
+            }
+            (a, b) => a.or(b).unwrap_or(DEFAULT_OUTPUT_BYTES),
+        };
+        if output_bytes == 0 {
+            return Err(invalid(
+                "limits.output",
+                "is 0, which would drop every byte of output".into(),
+                "write a size such as \"1MiB\"",
+            ));
+        }
         let limits = Limits {
             memory,
             pids: l.pids,
             cpu: l.cpu,
             wall_time,
             nofile,
-            output_bytes: size("limits.output", l.output)?.unwrap_or(DEFAULT_OUTPUT_BYTES),
+            output_bytes,
+        };
+        let output = OutputProfile {
+            strip_control: raw.output.strip_control.unwrap_or(false),
+            detect_binary: raw.output.detect_binary.unwrap_or(true),
+        };
+        let artifacts = match raw.artifacts {
+            None => None,
+            Some(a) => {
+                let dir = relative("artifacts.dir", vec![a.dir])?.remove(0);
+                let max_files = a.max_files.unwrap_or(DEFAULT_ARTIFACT_FILES);
+                if !(1..=MAX_ARTIFACT_FILES).contains(&max_files) {
+                    return Err(invalid(
+                        "artifacts.max_files",
+                        format!("{max_files} is outside 1..={MAX_ARTIFACT_FILES}"),
+                        "use e.g. 64",
+                    ));
+                }
+                let positive = |key: &str, v: Option<RawSize>, default: u64| {
+                    let n = size(key, v)?.unwrap_or(default);
+                    if n == 0 {
+                        Err(invalid(
+                            key,
+                            "is 0".into(),
+                            "write a size such as \"64MiB\"",
+                        ))
+                    } else {
+                        Ok(n)
+                    }
+                };
+                let max_file_bytes = positive(
+                    "artifacts.max_file_bytes",
+                    a.max_file_bytes,
+                    DEFAULT_ARTIFACT_FILE_BYTES,
+                )?;
+                let max_total_bytes = positive(
+                    "artifacts.max_total_bytes",
+                    a.max_total_bytes,
+                    DEFAULT_ARTIFACT_TOTAL_BYTES,
+                )?;
+                let ttl = match a.ttl {
+                    None => DEFAULT_ARTIFACT_TTL,
+                    Some(t) => parse_duration(&t)
+                        .map_err(|m| invalid("artifacts.ttl", m, "write e.g. \"1h\""))?,
+                };
+                if ttl.is_zero() {
+                    return Err(invalid(
+                        "artifacts.ttl",
+                        "is zero: every id would be expired when it is handed out".into(),
+                        "write a positive duration, e.g. \"1h\"",
+                    ));
+                }
+                Some(ArtifactsProfile {
+                    dir,
+                    max_files,
+                    max_file_bytes,
+                    max_total_bytes,
+                    ttl,
+                })
+            }
         };
 
         let compile = if check_examples {
@@ -422,6 +565,8 @@ impl Profile {
             source: file.to_string(),
             sandbox,
             limits,
+            artifacts,
+            output,
             policy,
         })
     }
@@ -464,6 +609,23 @@ mod tests {
     }
 
     #[test]
+    fn artifacts_and_output_guard_are_parsed_with_defaults() {
+        let p = Profile::parse(MINIMAL, "t.toml").unwrap();
+        assert!(p.artifacts.is_none());
+        assert_eq!(p.output, OutputProfile::default());
+        let text = format!(
+            "{MINIMAL}[artifacts]\ndir = \"out/files\"\nttl = \"2s\"\n[output]\nmax_bytes = \"1MiB\"\nstrip_control = true\n"
+        );
+        let p = Profile::parse(&text, "t.toml").unwrap();
+        let a = p.artifacts.unwrap();
+        assert_eq!(a.dir, PathBuf::from("out/files"));
+        assert_eq!(a.ttl, Duration::from_secs(2));
+        assert_eq!(a.max_files, DEFAULT_ARTIFACT_FILES);
+        assert_eq!(p.limits.output_bytes, 1 << 20);
+        assert!(p.output.strip_control && p.output.detect_binary);
+    }
+
+    #[test]
     fn bad_values_name_the_key_and_the_fix() {
         for (body, key) in [
             ("[limits]\nmemory = \"lots\"\n", "limits.memory"),
@@ -475,6 +637,27 @@ mod tests {
             ("[sandbox]\nhidden = [\"../x\"]\n", "sandbox.hidden"),
             ("[sandbox]\nenv = [\"A=B\"]\n", "sandbox.env"),
             ("[sandbox]\nseccomp = \"nope\"\n", "sandbox.seccomp"),
+            ("[artifacts]\ndir = \"../out\"\n", "artifacts.dir"),
+            ("[artifacts]\ndir = \"/tmp/out\"\n", "artifacts.dir"),
+            ("[artifacts]\ndir = \"out/../..\"\n", "artifacts.dir"),
+            ("[artifacts]\ndir = \"\"\n", "artifacts.dir"),
+            (
+                "[artifacts]\ndir = \"out\"\nmax_files = 0\n",
+                "artifacts.max_files",
+            ),
+            (
+                "[artifacts]\ndir = \"out\"\nttl = \"0s\"\n",
+                "artifacts.ttl",
+            ),
+            (
+                "[artifacts]\ndir = \"out\"\nmax_file_bytes = 0\n",
+                "artifacts.max_file_bytes",
+            ),
+            (
+                "[limits]\noutput = \"1MiB\"\n[output]\nmax_bytes = \"2MiB\"\n",
+                "output.max_bytes",
+            ),
+            ("[output]\nmax_bytes = 0\n", "limits.output"),
         ] {
             let text = format!("{MINIMAL}{body}");
             let e = Profile::parse(&text, "p.toml").unwrap_err().to_string();

@@ -1016,3 +1016,75 @@ pub fn adopt_inherited_fd(fd: RawFd) -> SysResult<OwnedFd> {
     // (the caller adopts each LISTEN_FDS fd exactly once, at start).
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+// ---------------------------------------------------------------------------------------------
+// Files strictly beneath a directory (artifacts; daemon side)
+// ---------------------------------------------------------------------------------------------
+
+/// Resolution that cannot leave the starting directory: no `..` above it, no absolute paths, no
+/// symlinks of any kind on any component, no `/proc` magic links.
+pub const RESOLVE_STRICT: u64 =
+    libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+
+/// `struct open_how` of `linux/openat2.h` (libc's is `#[non_exhaustive]`, so we cannot build it).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// `openat2(2)`: opens `path` relative to `dir` with `flags | O_CLOEXEC`, resolved under
+/// `resolve` (e.g. [`RESOLVE_STRICT`]). Never creates files (no mode is passed).
+pub fn openat2(
+    dir: BorrowedFd<'_>,
+    path: &CStr,
+    flags: libc::c_int,
+    resolve: u64,
+) -> SysResult<OwnedFd> {
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve,
+    };
+    let fd = retry(|| {
+        // SAFETY: path is NUL-terminated, `how` is a valid open_how of the size passed, and the
+        // kernel only reads both during the call.
+        check(unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir.as_raw_fd(),
+                path.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        })
+    })?;
+    Ok(owned(fd as RawFd))
+}
+
+/// `fstat(2)`.
+pub fn fstat(fd: BorrowedFd<'_>) -> SysResult<libc::stat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: st is valid for writing one `struct stat`.
+    check_int(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstat succeeded, so it filled the whole struct.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `getdents64(2)`: raw `linux_dirent64` records of the directory `fd` into `buf`; returns the
+/// bytes filled (0 at the end). Parsing is the caller's (safe code over bytes).
+pub fn getdents64(fd: BorrowedFd<'_>, buf: &mut [u8]) -> SysResult<usize> {
+    retry(|| {
+        // SAFETY: buf is valid for writing buf.len() bytes.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                fd.as_raw_fd(),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        check(r).map(|n| n as usize)
+    })
+}

@@ -25,7 +25,9 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use super::Server;
+use super::artifacts::JobArtifacts;
 use super::auth;
+use super::guard::OutputGuard;
 use super::spawner::{JobFds, JobRequest, SupervisorEvent, WireLimits};
 use super::state::{Job, JobState, Metrics, Session};
 use crate::policy::{Command, Context, Verdict};
@@ -48,6 +50,7 @@ pub const ROUTES: &[(Socket, &str, &str)] = &[
     (Socket::Agent, "GET", "/v1/jobs"),
     (Socket::Agent, "GET", "/v1/jobs/{id}"),
     (Socket::Agent, "DELETE", "/v1/jobs/{id}"),
+    (Socket::Agent, "GET", "/v1/artifacts/{file_id}"),
     (Socket::Operator, "GET", "/v1/sessions"),
     (Socket::Operator, "GET", "/metrics"),
 ];
@@ -81,7 +84,7 @@ impl ApiError {
     fn bad(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
-    fn not_found() -> ApiError {
+    pub(super) fn not_found() -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such resource")
     }
     fn unauthorized(message: &str) -> ApiError {
@@ -230,6 +233,13 @@ async fn route(
                 _ => Err(method_not_allowed()),
             }
         }
+        (Socket::Agent, ["v1", "artifacts", id]) => match method {
+            Method::GET => {
+                let id = id.to_string();
+                super::artifacts::get(srv, peer, req, &id).await
+            }
+            _ => Err(method_not_allowed()),
+        },
         (Socket::Operator, ["v1", "sessions"]) if method == Method::GET => {
             let st = srv.state();
             let mut list: Vec<&Session> = st.sessions.values().collect();
@@ -466,6 +476,9 @@ struct ExecBody {
     timeout: Option<DurationValue>,
     #[serde(default)]
     limits: ExecLimits,
+    /// Also return the combined output in the `exit` event between nonce markers.
+    #[serde(default)]
+    envelope: bool,
 }
 
 /// The PATH inside the sandbox (`execbox run` uses the same).
@@ -477,8 +490,8 @@ fn ndjson(v: serde_json::Value) -> Bytes {
     Bytes::from(s)
 }
 
-/// An NDJSON response body fed by a channel; dropped when the client goes away.
-struct ChannelBody(mpsc::Receiver<Bytes>);
+/// A response body fed by a channel; dropped when the client goes away.
+pub(super) struct ChannelBody(pub(super) mpsc::Receiver<Bytes>);
 
 impl http_body::Body for ChannelBody {
     type Data = Bytes;
@@ -619,6 +632,14 @@ async fn exec(
         None => Command::Argv(&argv),
     };
     let decision = profile.policy.check(command, &ctx);
+    let envelope = match body.envelope {
+        true => Some((
+            super::guard::new_nonce().map_err(internal)?,
+            limits.output_bytes as usize,
+        )),
+        false => None,
+    };
+    let guard = OutputGuard::new(profile.output, envelope);
     let job_id = auth::new_id("j_").map_err(internal)?;
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let accepted = ndjson(serde_json::json!({"event": "accepted", "job": job_id}));
@@ -720,7 +741,7 @@ async fn exec(
     let request = JobRequest {
         job_id: job_id.clone(),
         argv: argv.clone(),
-        workspace,
+        workspace: workspace.clone(),
         cwd,
         env,
         profile: profile_name,
@@ -769,6 +790,12 @@ async fn exec(
         job: job_id,
         tx,
         cancel: cancel_w,
+        guard,
+        artifacts: profile.artifacts.clone().map(|cfg| JobArtifacts {
+            session: caller.clone(),
+            workspace: workspace.clone(),
+            cfg,
+        }),
     };
     srv.jobs
         .spawn(relay.run(out_r.into(), err_r.into(), res_r.into()));
@@ -834,11 +861,13 @@ struct Relay {
     job: String,
     tx: mpsc::Sender<Bytes>,
     cancel: Arc<std::os::fd::OwnedFd>,
+    guard: OutputGuard,
+    artifacts: Option<JobArtifacts>,
 }
 
 impl Relay {
     async fn run(
-        self,
+        mut self,
         out: std::os::fd::OwnedFd,
         err: std::os::fd::OwnedFd,
         res: std::os::fd::OwnedFd,
@@ -888,8 +917,16 @@ impl Relay {
                 }
             }
         }
+        for stream in ["stdout", "stderr"] {
+            let tail = self.guard.flush(stream);
+            if !tail.is_empty() {
+                let ev = serde_json::json!({"event": stream, "data_b64": B64.encode(&tail)});
+                self.emit(&mut client_gone, ev).await;
+            }
+        }
         let keep = self.srv.config.limits.finished_jobs_kept;
-        let exit = match result {
+        let ran = matches!(result, Some(SupervisorEvent::Finished(_)));
+        let mut exit = match result {
             Some(SupervisorEvent::Finished(w)) => {
                 Metrics::inc(&self.srv.metrics.jobs_finished);
                 let mut v = serde_json::to_value(&w).unwrap_or_default();
@@ -915,16 +952,30 @@ impl Relay {
                     "message": "the job's supervisor ended without a report"}})
             }
         };
+        if let (true, Some(a)) = (ran, self.artifacts.take()) {
+            super::artifacts::attach(&self.srv, &self.job, a, &mut exit).await;
+        }
+        let guard = std::mem::replace(&mut self.guard, OutputGuard::new(Default::default(), None));
+        guard.finish(&mut exit);
         tracing::info!(job = %self.job, code = ?exit.get("code"), reason = ?exit.get("reason"), elapsed_ms = started.elapsed().as_millis() as u64, "job ended");
+        // GET /v1/jobs/{id} keeps the exit event without the (large) envelope.
+        let mut kept = exit.clone();
+        if let Some(o) = kept.as_object_mut() {
+            o.remove("envelope");
+        }
         self.srv
             .state()
-            .finish(&self.job, JobState::Finished, exit.clone(), keep);
+            .finish(&self.job, JobState::Finished, kept, keep);
         if !client_gone {
             let _ = self.tx.send(ndjson(exit)).await;
         }
     }
 
-    async fn send(&self, gone: &mut bool, stream: &str, data: &[u8]) {
+    async fn send(&mut self, gone: &mut bool, stream: &str, data: &[u8]) {
+        let data = self.guard.chunk(stream, data);
+        if data.is_empty() {
+            return;
+        }
         self.emit(
             gone,
             serde_json::json!({"event": stream, "data_b64": B64.encode(data)}),

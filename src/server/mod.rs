@@ -10,7 +10,9 @@
 //! thread) → sockets → `PR_SET_DUMPABLE 0` → tokio runtime.
 
 pub mod api;
+pub mod artifacts;
 pub mod auth;
+pub mod guard;
 pub mod listen;
 pub mod spawner;
 pub mod state;

@@ -91,6 +91,8 @@ pub struct State {
     pub finished: HashMap<String, VecDeque<String>>,
     pub running: usize,
     pub next_sandbox_offset: u32,
+    /// Artifact ids handed out (see `crate::artifacts`).
+    pub artifacts: crate::artifacts::Registry,
 }
 
 impl State {

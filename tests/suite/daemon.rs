@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::harness::*;
 
-struct Daemon {
+pub(super) struct Daemon {
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -31,7 +31,7 @@ impl Daemon {
 
     /// A daemon whose sessions get `profile` from `profiles` (the tests mostly use the
     /// allow-all fixture so they exercise the daemon, not the policy).
-    fn start_profile(
+    pub(super) fn start_profile(
         allow: &str,
         profiles: &std::path::Path,
         profile: &str,
@@ -75,20 +75,20 @@ impl Daemon {
         d
     }
 
-    fn agent(&self) -> PathBuf {
+    pub(super) fn agent(&self) -> PathBuf {
         self.dir.path().join("agent.sock")
     }
     fn operator(&self) -> PathBuf {
         self.dir.path().join("operator.sock")
     }
-    fn log(&self) -> String {
+    pub(super) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
     }
     fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
 
-    fn session(&self) -> (String, String) {
+    pub(super) fn session(&self) -> (String, String) {
         let (status, v) = self.json("POST", "/v1/sessions", None, None);
         assert_eq!(status, 201, "{v}");
         (
@@ -97,7 +97,7 @@ impl Daemon {
         )
     }
 
-    fn json(
+    pub(super) fn json(
         &self,
         method: &str,
         path: &str,
@@ -116,7 +116,7 @@ impl Daemon {
     }
 
     /// `POST /v1/exec` and the parsed event stream.
-    fn exec(&self, token: &str, body: Value) -> (u16, Vec<Value>) {
+    pub(super) fn exec(&self, token: &str, body: Value) -> (u16, Vec<Value>) {
         let (status, _, raw) = http(
             &self.agent(),
             "POST",
@@ -164,12 +164,12 @@ impl Drop for Daemon {
     }
 }
 
-fn my_uid() -> u32 {
+pub(super) fn my_uid() -> u32 {
     std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap())
 }
 
 /// One HTTP/1.1 request with `Connection: close`; returns status, raw head and de-chunked body.
-fn http(
+pub(super) fn http(
     sock: &Path,
     method: &str,
     path: &str,
@@ -225,7 +225,7 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     out
 }
 
-fn output(events: &[Value], stream: &str) -> Vec<u8> {
+pub(super) fn output(events: &[Value], stream: &str) -> Vec<u8> {
     events
         .iter()
         .filter(|e| e["event"] == stream)
@@ -233,7 +233,7 @@ fn output(events: &[Value], stream: &str) -> Vec<u8> {
         .collect()
 }
 
-fn exit_of(events: &[Value]) -> &Value {
+pub(super) fn exit_of(events: &[Value]) -> &Value {
     let last = events.last().expect("no events");
     assert_eq!(last["event"], "exit", "last event is the exit: {events:?}");
     last

@@ -1,3 +1,4 @@
+mod artifacts;
 mod audit;
 mod daemon;
 mod doctor;
