@@ -68,3 +68,28 @@ fn unsafe_is_allowed_in_one_file_only() {
         "allow(unsafe_code) outside src/sandbox/sys.rs: {offenders:?}"
     );
 }
+
+/// docs/openapi.yaml is valid YAML with an OpenAPI header (the route-sync unit test in
+/// src/server scans its lines, which a syntax error would not stop).
+#[test]
+fn the_openapi_spec_parses() {
+    let text = std::fs::read_to_string(source_path("docs/openapi.yaml")).unwrap();
+    let o = std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg("import sys, yaml; d = yaml.safe_load(sys.stdin); assert d['openapi'].startswith('3'); print(len(d['paths']))")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(text.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "docs/openapi.yaml: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
