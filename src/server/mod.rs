@@ -9,8 +9,10 @@
 //! thread) → sockets → `PR_SET_DUMPABLE 0` → tokio runtime.
 
 pub mod api;
+pub mod approvals;
 pub mod auth;
 pub mod listen;
+mod record;
 pub mod spawner;
 pub mod state;
 
@@ -43,6 +45,8 @@ pub enum ServeError {
     },
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
+    #[error("cannot open the audit log ([audit] path); the daemon does not run unaudited")]
+    Audit(#[source] crate::audit::AuditError),
 }
 
 /// Everything the request handlers share.
@@ -54,9 +58,14 @@ pub struct Server {
     guard: Mutex<Guard>,
     /// Cancelled on SIGTERM/SIGINT: stop accepting, refuse new jobs.
     pub shutdown: CancellationToken,
-    /// Every running job's relay task.
+    /// Every running job's relay task (and every request waiting for an approval).
     pub jobs: TaskTracker,
     am_root: bool,
+    /// The hash-chained audit log: every decision is recorded (durably) before it acts.
+    pub audit: crate::audit::AuditHandle,
+    pub approvals: approvals::Approvals,
+    /// Recorded in `job_start`.
+    pub cgroup_version: Option<u8>,
 }
 
 /// Abuse accounting (one lock, held for microseconds).
@@ -87,6 +96,7 @@ impl Server {
         let now = Instant::now();
         if let Some(wait) = self.guard().lockout.locked(peer.uid, now) {
             Metrics::inc(&self.metrics.rate_limited);
+            self.record_auth_failure(peer, "locked out after repeated bad tokens");
             return Err(ApiError {
                 retry_after: Some(wait),
                 ..ApiError::new(
@@ -106,6 +116,7 @@ impl Server {
             .and_then(auth::parse_bearer);
         let fail = |srv: &Server, counted: bool| {
             Metrics::inc(&srv.metrics.auth_failures);
+            srv.record_auth_failure(peer, "missing, invalid or expired token");
             if counted {
                 let l = &srv.config.limits;
                 srv.guard()
@@ -157,12 +168,22 @@ impl Server {
         Ok(session.to_string())
     }
 
+    /// A refused peer or token, on the record (after the fact: the refusal needs no wait).
+    pub fn record_auth_failure(&self, peer: Peer, reason: &str) {
+        self.record_detached(crate::audit::Event::Auth {
+            ok: false,
+            peer_uid: Some(peer.uid),
+            reason: reason.to_string(),
+        });
+    }
+
     /// Mints a session (a child of `parent` when given) with its own workspace.
     pub fn create_session(
         &self,
         peer: Peer,
         parent: Option<&str>,
         profile: Option<String>,
+        approved: bool,
     ) -> Result<serde_json::Value, ApiError> {
         let internal = |e: String| {
             ApiError::new(
@@ -200,13 +221,11 @@ impl Server {
                 ),
             ));
         }
-        if parent.is_none() && self.config.approval_profiles.contains(&profile) {
+        if parent.is_none() && !approved && self.config.approval_profiles.contains(&profile) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "approval_required",
-                format!(
-                    "profile {profile:?} needs an operator's approval to bind; the approval flow is not available in this version"
-                ),
+                format!("profile {profile:?} needs an operator's approval to bind"),
             ));
         }
         let id = auth::new_id("s_").map_err(|e| internal(e.to_string()))?;
@@ -278,6 +297,7 @@ impl Server {
                 .filter(|s| s.expires <= now && s.running == 0)
                 .map(|s| s.id.clone())
                 .collect();
+            self.approvals.end_sessions(&ids);
             ids.iter()
                 .filter_map(|i| st.sessions.remove(i))
                 .map(|s| s.workspace)
@@ -302,6 +322,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     }
     sweep_stale_cgroups(config.cgroup_parent.as_deref());
     make_dir(&config.state_dir, 0o711)?;
+
     make_dir(&config.workspace_root, 0o711)?;
 
     let ctx = spawner::SpawnerContext {
@@ -320,6 +341,18 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
             return Err(e.into());
         }
     };
+    // After the spawner fork, so neither it nor any job inherits the log's fd. A daemon that
+    // cannot record does not start.
+    let audit = match open_audit(&config) {
+        Ok(a) => a,
+        Err(e) => {
+            spawner.shutdown();
+            return Err(e);
+        }
+    };
+    let cgroup_version = sandbox::cgroup::Hierarchy::detect()
+        .ok()
+        .map(|h| h.version());
     // No core dumps, no ptrace by same-uid processes: the daemon holds tokens' hashes and
     // the jobs' pipes. (After the spawner fork: its children must stay dumpable to have their
     // id maps written by an unprivileged supervisor.)
@@ -342,6 +375,9 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         shutdown: CancellationToken::new(),
         jobs: TaskTracker::new(),
         am_root,
+        audit,
+        approvals: approvals::Approvals::default(),
+        cgroup_version,
     });
     rt.block_on(run(srv.clone(), listeners));
     drop(rt);
@@ -413,6 +449,9 @@ async fn run(srv: Arc<Server>, listeners: listen::Listeners) {
     let active = srv.state().running;
     srv.metrics.jobs_finished.load(Ordering::Relaxed);
     tracing::info!(active, "all jobs ended");
+    if let Err(e) = srv.record(crate::audit::Event::DaemonStop {}).await {
+        tracing::error!(error = %e.message, "daemon_stop not recorded");
+    }
 }
 
 async fn wait_for_signal() {
@@ -428,6 +467,18 @@ async fn wait_for_signal() {
         _ = term.recv() => {},
         _ = int.recv() => {},
     }
+}
+
+fn open_audit(config: &Config) -> Result<crate::audit::AuditHandle, ServeError> {
+    let audit = crate::audit::AuditHandle::open(&config.audit.path, config.audit.rotation)
+        .map_err(ServeError::Audit)?;
+    audit
+        .append(&crate::audit::Event::DaemonStart {
+            config_sha256: config.config_sha256.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        })
+        .map_err(ServeError::Audit)?;
+    Ok(audit)
 }
 
 fn make_dir(path: &std::path::Path, mode: u32) -> Result<(), ServeError> {

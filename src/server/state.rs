@@ -33,6 +33,8 @@ pub struct Session {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
+    /// Waiting for an operator's decision.
+    PendingApproval,
     Running,
     Finished,
     Refused,
@@ -163,6 +165,7 @@ pub struct Metrics {
     pub peers_refused: AtomicU64,
     pub rate_limited: AtomicU64,
     pub sessions_created: AtomicU64,
+    pub audit_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -224,6 +227,12 @@ impl Metrics {
             "sessions_created_total",
             "Sessions minted.",
             g(&self.sessions_created),
+            "counter",
+        );
+        counter(
+            "audit_failures_total",
+            "Audit records that could not be written (each refused what it would have allowed).",
+            g(&self.audit_failures),
             "counter",
         );
         counter(

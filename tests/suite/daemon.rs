@@ -13,25 +13,25 @@ use serde_json::{Value, json};
 
 use super::harness::*;
 
-struct Daemon {
-    dir: tempfile::TempDir,
+pub(super) struct Daemon {
+    pub(super) dir: tempfile::TempDir,
     child: Option<Child>,
 }
 
 impl Daemon {
-    fn start(extra: &str) -> Daemon {
+    pub(super) fn start(extra: &str) -> Daemon {
         Daemon::start_with(&format!("[allow]\nuids = [{}]\n", my_uid()), extra)
     }
 
     /// `allow` is the whole [allow] table; `extra` is appended (more tables).
-    fn start_with(allow: &str, extra: &str) -> Daemon {
+    pub(super) fn start_with(allow: &str, extra: &str) -> Daemon {
         let profiles = fixture("open.toml").parent().unwrap().to_path_buf();
         Daemon::start_profile(allow, &profiles, "open", extra)
     }
 
     /// A daemon whose sessions get `profile` from `profiles` (the tests mostly use the
     /// allow-all fixture so they exercise the daemon, not the policy).
-    fn start_profile(
+    pub(super) fn start_profile(
         allow: &str,
         profiles: &std::path::Path,
         profile: &str,
@@ -44,10 +44,16 @@ impl Daemon {
         let cgroup = std::env::var("EXECBOX_CGROUP_PARENT")
             .map(|c| format!("cgroup_parent = {c:?}\n"))
             .unwrap_or_default();
+        // Every daemon writes an audit log; a test that sets its own [audit] keeps it.
+        let audit = if extra.contains("[audit]") {
+            String::new()
+        } else {
+            format!("[audit]\npath = \"{}/audit.jsonl\"\n", dir.path().display())
+        };
         let config = format!(
             "{allow}\n[sockets]\nagent = \"{d}/agent.sock\"\noperator = \"{d}/operator.sock\"\n\
              [paths]\nstate_dir = \"{d}/state\"\nprofiles_dir = {profiles:?}\ndefault_profile = {profile:?}\n{cgroup}\n\
-             {extra}\n",
+             {audit}{extra}\n",
             d = dir.path().display(),
         );
         std::fs::write(dir.path().join("execbox.toml"), &config).unwrap();
@@ -75,20 +81,20 @@ impl Daemon {
         d
     }
 
-    fn agent(&self) -> PathBuf {
+    pub(super) fn agent(&self) -> PathBuf {
         self.dir.path().join("agent.sock")
     }
-    fn operator(&self) -> PathBuf {
+    pub(super) fn operator(&self) -> PathBuf {
         self.dir.path().join("operator.sock")
     }
-    fn log(&self) -> String {
+    pub(super) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
     }
-    fn pid(&self) -> u32 {
+    pub(super) fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
 
-    fn session(&self) -> (String, String) {
+    pub(super) fn session(&self) -> (String, String) {
         let (status, v) = self.json("POST", "/v1/sessions", None, None);
         assert_eq!(status, 201, "{v}");
         (
@@ -97,7 +103,7 @@ impl Daemon {
         )
     }
 
-    fn json(
+    pub(super) fn json(
         &self,
         method: &str,
         path: &str,
@@ -116,7 +122,7 @@ impl Daemon {
     }
 
     /// `POST /v1/exec` and the parsed event stream.
-    fn exec(&self, token: &str, body: Value) -> (u16, Vec<Value>) {
+    pub(super) fn exec(&self, token: &str, body: Value) -> (u16, Vec<Value>) {
         let (status, _, raw) = http(
             &self.agent(),
             "POST",
@@ -138,7 +144,7 @@ impl Daemon {
         (status, events)
     }
 
-    fn terminate(&mut self) -> std::process::ExitStatus {
+    pub(super) fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();
         Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
@@ -164,12 +170,12 @@ impl Drop for Daemon {
     }
 }
 
-fn my_uid() -> u32 {
+pub(super) fn my_uid() -> u32 {
     std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap())
 }
 
 /// One HTTP/1.1 request with `Connection: close`; returns status, raw head and de-chunked body.
-fn http(
+pub(super) fn http(
     sock: &Path,
     method: &str,
     path: &str,
@@ -342,7 +348,7 @@ fn policy_refusal_is_an_exit_event_with_the_rule() {
         &format!("[allow]\nuids = [{}]\n", my_uid()),
         &policies,
         "default",
-        "",
+        "[approvals]\nexpiry = \"1s\"\n",
     );
     let (_, token) = d.session();
     // Deny: the rule is named, nothing runs.
@@ -357,11 +363,16 @@ fn policy_refusal_is_an_exit_event_with_the_rule() {
         "{exit}"
     );
     assert!(output(&events, "stdout").is_empty());
-    // Approve: a human must decide; until approvals exist the daemon refuses clearly.
+    // Approve: a human must decide; nobody does here, so it expires (tests/suite/approvals.rs
+    // covers the decisions).
     let (_, events) = d.exec(&token, json!({"command": "x=id; $x"}));
+    assert!(
+        events.iter().any(|e| e["event"] == "pending_approval"),
+        "{events:?}"
+    );
     let exit = exit_of(&events);
     assert_eq!(exit["code"], 125);
-    assert_eq!(exit["error"], "approval_required");
+    assert_eq!(exit["error"], "approval_expired");
     // Positive control: an allowed command runs.
     let (_, events) = d.exec(&token, json!({"command": "echo hi"}));
     assert_eq!(exit_of(&events)["code"], 0);
