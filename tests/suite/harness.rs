@@ -148,3 +148,32 @@ pub fn py_host(code: &str) -> Output {
         .output()
         .unwrap()
 }
+
+/// A 64 KiB tmpfs (mode 0700) mounted at `dir`, a new empty directory; root only. Unmounted
+/// however the test ends (lazily when a daemon still holds a file open on it).
+pub struct TinyTmpfs(pub PathBuf);
+
+impl TinyTmpfs {
+    pub fn mount(dir: &Path) -> TinyTmpfs {
+        std::fs::create_dir(dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs on {}", dir.display());
+        TinyTmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for TinyTmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}

@@ -1,3 +1,4 @@
+mod approvals;
 mod audit;
 mod daemon;
 mod harness;
