@@ -320,6 +320,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
             config.agent_socket.display()
         );
     }
+    warn_self_approval(&config);
     sweep_stale_cgroups(config.cgroup_parent.as_deref());
     make_dir(&config.state_dir, 0o711)?;
 
@@ -466,6 +467,25 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {},
         _ = int.recv() => {},
+    }
+}
+
+/// Operators are identified by uid alone: an agent uid that is also an operator could approve
+/// its own requests.
+fn warn_self_approval(config: &Config) {
+    let euid = sys::geteuid();
+    let both: Vec<u32> = config
+        .allow
+        .uids
+        .iter()
+        .copied()
+        .filter(|u| *u == 0 || *u == euid || config.operator_uids.contains(u))
+        .collect();
+    if !both.is_empty() {
+        tracing::warn!(
+            uids = ?both,
+            "these agent uids may also use the operator socket, so they could approve their own requests; run agents as other users"
+        );
     }
 }
 
