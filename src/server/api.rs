@@ -423,11 +423,13 @@ async fn create_session(
 struct WithdrawOnDrop<'a> {
     srv: &'a Arc<Server>,
     id: String,
+    /// Cleared once the request was decided or ended otherwise.
+    armed: bool,
 }
 
 impl Drop for WithdrawOnDrop<'_> {
     fn drop(&mut self) {
-        if self.srv.approvals.remove(&self.id).is_some() {
+        if self.armed && self.srv.approvals.remove(&self.id).is_some() {
             self.srv.record_detached(Event::ApprovalWithdrawn(Approval {
                 approval_id: self.id.clone(),
                 job: String::new(),
@@ -481,6 +483,7 @@ async fn approve_profile_bind(
             id.clone(),
             NewPending {
                 kind: Kind::SessionProfile,
+                group: format!("uid:{}", peer.uid),
                 session: None,
                 job: None,
                 hash,
@@ -488,12 +491,19 @@ async fn approve_profile_bind(
                 expires,
                 expires_at,
             },
-            usize::MAX,
+            srv.config.approvals.max_pending_per_session,
         )
-        .ok_or_else(|| internal("approval queue"))?;
-    let guard = WithdrawOnDrop {
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_pending",
+                "this uid already has approvals.max_pending_per_session profile binds waiting",
+            )
+        })?;
+    let mut guard = WithdrawOnDrop {
         srv,
         id: id.clone(),
+        armed: true,
     };
     let approval = |reason: &str| Approval {
         approval_id: id.clone(),
@@ -511,7 +521,7 @@ async fn approve_profile_bind(
         Ok(r) => r.ok(),
         Err(_) => {
             if srv.approvals.remove(&id).is_some() {
-                std::mem::forget(guard);
+                guard.armed = false;
                 let _ = srv
                     .record(Event::ApprovalExpired(approval(
                         "no operator decided before the request expired",
@@ -530,7 +540,7 @@ async fn approve_profile_bind(
                 .and_then(Result::ok)
         }
     };
-    std::mem::forget(guard);
+    guard.armed = false;
     match decided {
         Some(Outcome::Approved { .. }) => Ok(()),
         Some(Outcome::Denied { reason, .. }) => Err(ApiError::new(
@@ -1206,6 +1216,7 @@ async fn pend(
         approval_id.clone(),
         NewPending {
             kind: Kind::Exec,
+            group: job.session.clone(),
             session: Some(job.session.clone()),
             job: Some(job.job_id.clone()),
             hash: hash.clone(),
@@ -1309,6 +1320,16 @@ impl Waiter {
                 }
             }
         };
+        let Some(decided) = decided else {
+            // The pending entry was dropped without a decision: its session ended.
+            self.give_up(
+                "approval_withdrawn",
+                Event::ApprovalWithdrawn,
+                "the session ended before a decision",
+            )
+            .await;
+            return;
+        };
         let keep = self.srv.config.limits.finished_jobs_kept;
         let job_id = self.job.job_id.clone();
         let refuse = |code: &str, message: &str| {
@@ -1320,15 +1341,14 @@ impl Waiter {
             let _ = self.tx.try_send(ndjson(exit));
         };
         match decided {
-            None => refuse("approval_withdrawn", "the session ended before a decision"),
-            Some(Outcome::Denied { reason, .. }) => refuse(
+            Outcome::Denied { reason, .. } => refuse(
                 "approval_denied",
                 &format!(
                     "an operator denied the request{}",
                     reason.map(|r| format!(": {r}")).unwrap_or_default()
                 ),
             ),
-            Some(Outcome::Approved { hash, .. }) => {
+            Outcome::Approved { hash, .. } => {
                 // Re-check at execution: what runs must be, byte for byte, what was approved.
                 let now = self.job.canonical().hash();
                 if now != hash || now != self.hash {

@@ -111,6 +111,8 @@ pub struct Pending {
     pub seq: u64,
     pub id: String,
     pub kind: Kind,
+    /// What the queue bound counts by: the session, or `uid:N` for profile binds.
+    group: String,
     pub session: Option<String>,
     pub job: Option<String>,
     pub hash: String,
@@ -184,6 +186,8 @@ impl Default for Approvals {
 /// A new, still invisible, pending request.
 pub struct NewPending {
     pub kind: Kind,
+    /// The queue bound applies per group: the session id, or `uid:N` for profile binds.
+    pub group: String,
     pub session: Option<String>,
     pub job: Option<String>,
     pub hash: String,
@@ -197,8 +201,8 @@ impl Approvals {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a request, invisible until [`Approvals::publish`]. `None` when the session
-    /// already has `max_per_session` waiting.
+    /// Queues a request, invisible until [`Approvals::publish`]. `None` when its group (the
+    /// session, or the uid of a profile bind) already has `max_per_session` waiting.
     pub fn add(
         &self,
         id: String,
@@ -206,15 +210,9 @@ impl Approvals {
         max_per_session: usize,
     ) -> Option<oneshot::Receiver<Outcome>> {
         let mut g = self.lock();
-        if let Some(s) = &new.session {
-            let waiting = g
-                .pending
-                .values()
-                .filter(|p| p.session.as_ref() == Some(s))
-                .count();
-            if waiting >= max_per_session {
-                return None;
-            }
+        let waiting = g.pending.values().filter(|p| p.group == new.group).count();
+        if waiting >= max_per_session {
+            return None;
         }
         g.next_seq += 1;
         let seq = g.next_seq;
@@ -226,6 +224,7 @@ impl Approvals {
                 seq,
                 id,
                 kind: new.kind,
+                group: new.group,
                 session: new.session,
                 job: new.job,
                 hash: new.hash,
@@ -376,6 +375,7 @@ mod tests {
     fn new(session: &str) -> NewPending {
         NewPending {
             kind: Kind::Exec,
+            group: session.into(),
             session: Some(session.into()),
             job: None,
             hash: "h".into(),

@@ -74,6 +74,8 @@ struct Guard {
     lockout: Lockout,
     peer_rate: RateLimiter<u32>,
     session_rate: RateLimiter<String>,
+    /// Per uid: when its last auth failure was recorded, and how many were not since.
+    auth_records: std::collections::HashMap<u32, (Instant, u64)>,
 }
 
 impl Server {
@@ -169,11 +171,36 @@ impl Server {
     }
 
     /// A refused peer or token, on the record (after the fact: the refusal needs no wait).
+    /// At most one record per uid per second, the next one counting those left out: a peer
+    /// hammering the socket must not flood the log and rotate older evidence away.
     pub fn record_auth_failure(&self, peer: Peer, reason: &str) {
+        let now = Instant::now();
+        let skipped = {
+            let mut g = self.guard();
+            match g.auth_records.get_mut(&peer.uid) {
+                Some((last, n)) if now.duration_since(*last) < Duration::from_secs(1) => {
+                    *n += 1;
+                    return;
+                }
+                Some((last, n)) => {
+                    *last = now;
+                    std::mem::take(n)
+                }
+                None => {
+                    g.auth_records.insert(peer.uid, (now, 0));
+                    0
+                }
+            }
+        };
+        let reason = if skipped > 0 {
+            format!("{reason} (and {skipped} earlier failures of this uid not recorded one by one)")
+        } else {
+            reason.to_string()
+        };
         self.record_detached(crate::audit::Event::Auth {
             ok: false,
             peer_uid: Some(peer.uid),
-            reason: reason.to_string(),
+            reason,
         });
     }
 

@@ -133,6 +133,11 @@ impl State {
         let Some(j) = self.jobs.get_mut(job) else {
             return;
         };
+        // Already ended (e.g. refused by `launch`, then reported by the approval waiter): the
+        // first account stands, and the job is not queued for retention twice.
+        if j.exit.is_some() {
+            return;
+        }
         let was_running = matches!(j.state, JobState::Running);
         j.state = state;
         j.exit = Some(exit);
@@ -195,7 +200,7 @@ impl Metrics {
         );
         counter(
             "jobs_refused_total",
-            "Jobs refused by policy or pending an approval that cannot be given yet.",
+            "Jobs refused: by policy, by an operator, an expired approval, or an unwritable audit log.",
             g(&self.jobs_refused),
             "counter",
         );

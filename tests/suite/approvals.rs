@@ -617,3 +617,27 @@ fn a_full_audit_disk_refuses_jobs_and_the_daemon_keeps_answering() {
         .unwrap();
     ok(&o);
 }
+
+#[test]
+fn ending_the_session_withdraws_its_pending_requests() {
+    let d = daemon("");
+    let (session, token) = d.session();
+    let t = exec_async(&d, &token, json!({"command": "x=echo; $x never"}));
+    let a = next_pending(&d, &[]);
+    let (status, _) = d.json(
+        "DELETE",
+        &format!("/v1/sessions/{session}"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(status, 200);
+    let (_, events) = t.join().unwrap();
+    assert_eq!(
+        exit_of(&events)["error"],
+        "approval_withdrawn",
+        "{events:?}"
+    );
+    assert!(stdout_of(&events).is_empty());
+    assert_eq!(pending_count(&d), 0);
+    assert_eq!(decide(&d, &a, "approve", "once").0, 404);
+}
