@@ -262,7 +262,8 @@ async fn route(
         (Socket::Operator, ["v1", "approvals", id]) => match method {
             Method::POST => {
                 let id = id.to_string();
-                decide(srv, peer, req, &id).await
+                let body = read_required(srv, req).await?;
+                decide(srv, peer, &id, body).await
             }
             _ => Err(method_not_allowed()),
         },
@@ -360,6 +361,16 @@ async fn read_json<T: for<'de> Deserialize<'de>>(
             ApiError::bad(format!("invalid JSON: {m}"))
         }
     })
+}
+
+/// A JSON body that must be present.
+async fn read_required<T: for<'de> Deserialize<'de>>(
+    srv: &Server,
+    req: Request<hyper::body::Incoming>,
+) -> Result<T, ApiError> {
+    read_json(srv, req, false)
+        .await?
+        .ok_or_else(|| ApiError::bad("empty body"))
 }
 
 fn too_large(max: usize) -> ApiError {
@@ -631,12 +642,9 @@ struct DecisionBody {
 async fn decide(
     srv: &Arc<Server>,
     peer: Peer,
-    req: Request<hyper::body::Incoming>,
     id: &str,
+    body: DecisionBody,
 ) -> Result<Response<Body>, ApiError> {
-    let body: DecisionBody = read_json(srv, req, false)
-        .await?
-        .ok_or_else(|| ApiError::bad("empty body"))?;
     let approve = match body.decision.as_str() {
         "approve" => true,
         "deny" => false,
@@ -898,9 +906,7 @@ async fn exec(
             "the daemon is stopping; retry against the next instance",
         ));
     }
-    let body: ExecBody = read_json(srv, req, false)
-        .await?
-        .ok_or_else(|| ApiError::bad("empty body"))?;
+    let body: ExecBody = read_required(srv, req).await?;
     let (profile_name, workspace, sandbox_id) = {
         let st = srv.state();
         let s = st.sessions.get(&caller).ok_or_else(|| {

@@ -96,7 +96,9 @@ impl Server {
     /// towards the peer uid's lockout; every failure looks the same to the caller.
     pub fn authenticate(&self, peer: Peer, headers: &HeaderMap) -> Result<String, ApiError> {
         let now = Instant::now();
-        if let Some(wait) = self.guard().lockout.locked(peer.uid, now) {
+        // Bound first: the guard's lock must not be held across record_auth_failure.
+        let locked = self.guard().lockout.locked(peer.uid, now);
+        if let Some(wait) = locked {
             Metrics::inc(&self.metrics.rate_limited);
             self.record_auth_failure(peer, "locked out after repeated bad tokens");
             return Err(ApiError {

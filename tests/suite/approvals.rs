@@ -12,7 +12,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 
-use super::daemon::{Daemon, http, my_uid};
+use super::daemon::{Daemon, exec_on, http, my_uid};
 use super::harness::*;
 
 fn daemon(extra: &str) -> Daemon {
@@ -28,21 +28,7 @@ fn daemon(extra: &str) -> Daemon {
 fn exec_async(d: &Daemon, token: &str, body: Value) -> std::thread::JoinHandle<(u16, Vec<Value>)> {
     let agent = d.agent();
     let token = token.to_string();
-    std::thread::spawn(move || {
-        let (status, _, raw) = http(
-            &agent,
-            "POST",
-            "/v1/exec",
-            Some(&token),
-            Some(("application/json", body.to_string().as_bytes())),
-        );
-        let events = raw
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(|l| serde_json::from_slice(l).unwrap_or(Value::Null))
-            .collect();
-        (status, events)
-    })
+    std::thread::spawn(move || exec_on(&agent, &token, body))
 }
 
 fn operator(d: &Daemon, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
@@ -385,41 +371,16 @@ fn a_high_risk_profile_binds_only_with_an_operator_approval() {
 }
 
 /// `execbox approvals watch` on a pseudo-terminal: answers `answer` at the first prompt and
-/// returns everything the terminal showed.
+/// returns everything the terminal showed once the decision was reported.
 fn watch_on_a_terminal(operator_socket: &Path, answer: &str) -> String {
-    let script = r#"
-import os, pty, sys, time, signal
-exe, sock, answer = sys.argv[1:4]
-pid, fd = pty.fork()
-if pid == 0:
-    os.execv(exe, [exe, "approvals", "watch", "--socket", sock])
-seen = b""
-deadline = time.time() + 20
-answered = False
-while time.time() < deadline:
-    try:
-        chunk = os.read(fd, 4096)
-    except OSError:
-        break
-    if not chunk:
-        break
-    seen += chunk
-    if not answered and b"[a]pprove once" in seen:
-        os.write(fd, answer.encode() + b"\n")
-        answered = True
-    if answered and (b"approve (" in seen or b"deny" in seen.split(b"[a]pprove once")[-1] or b"not decided" in seen):
-        break
-os.kill(pid, signal.SIGTERM)
-os.waitpid(pid, 0)
-sys.stdout.write(seen.decode("utf-8", "replace"))
-"#;
-    let o = Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(script)
-        .args([EXECBOX.as_str(), operator_socket.to_str().unwrap(), answer])
-        .output()
-        .unwrap();
-    text(&o.stdout)
+    let sock = operator_socket.to_str().unwrap();
+    on_a_pty(
+        &[EXECBOX.as_str(), "approvals", "watch", "--socket", sock],
+        "[a]pprove once",
+        answer,
+        Some("approve ("),
+    )
+    .1
 }
 
 #[test]

@@ -123,25 +123,7 @@ impl Daemon {
 
     /// `POST /v1/exec` and the parsed event stream.
     pub(super) fn exec(&self, token: &str, body: Value) -> (u16, Vec<Value>) {
-        let (status, _, raw) = http(
-            &self.agent(),
-            "POST",
-            "/v1/exec",
-            Some(token),
-            Some(("application/json", body.to_string().as_bytes())),
-        );
-        if status != 200 {
-            return (
-                status,
-                vec![serde_json::from_slice(&raw).unwrap_or(Value::Null)],
-            );
-        }
-        let events = raw
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(|l| serde_json::from_slice(l).unwrap())
-            .collect();
-        (status, events)
+        exec_on(&self.agent(), token, body)
     }
 
     pub(super) fn terminate(&mut self) -> std::process::ExitStatus {
@@ -168,6 +150,29 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
     }
+}
+
+/// `POST /v1/exec` on `agent` and the parsed event stream (or the error body, when not 200).
+pub(super) fn exec_on(agent: &Path, token: &str, body: Value) -> (u16, Vec<Value>) {
+    let (status, _, raw) = http(
+        agent,
+        "POST",
+        "/v1/exec",
+        Some(token),
+        Some(("application/json", body.to_string().as_bytes())),
+    );
+    if status != 200 {
+        return (
+            status,
+            vec![serde_json::from_slice(&raw).unwrap_or(Value::Null)],
+        );
+    }
+    let events = raw
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    (status, events)
 }
 
 pub(super) fn my_uid() -> u32 {

@@ -177,3 +177,51 @@ impl Drop for TinyTmpfs {
         }
     }
 }
+
+/// Runs `argv` on a pseudo-terminal (python3's `pty`), types `answer` and a newline once
+/// `prompt` has appeared, and returns (exit code, everything the terminal showed). With
+/// `stop_after`, the program is sent SIGTERM once that text appears after the answer (for
+/// programs that do not end by themselves); the exit code is then meaningless.
+pub fn on_a_pty(
+    argv: &[&str],
+    prompt: &str,
+    answer: &str,
+    stop_after: Option<&str>,
+) -> (i32, String) {
+    let script = r#"
+import os, pty, sys, time, signal
+prompt, answer, stop = sys.argv[1].encode(), sys.argv[2], sys.argv[3].encode()
+argv = sys.argv[4:]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(argv[0], argv)
+seen = b""
+deadline = time.time() + 20
+answered_at = None
+while time.time() < deadline:
+    try:
+        chunk = os.read(fd, 4096)
+    except OSError:
+        break
+    if not chunk:
+        break
+    seen += chunk
+    if answered_at is None and prompt in seen:
+        os.write(fd, answer.encode() + b"\n")
+        answered_at = len(seen)
+    if answered_at is not None and stop and stop in seen[answered_at:]:
+        os.kill(pid, signal.SIGTERM)
+        break
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(seen.decode("utf-8", "replace"))
+sys.exit(os.waitstatus_to_exitcode(status) & 0xff)
+"#;
+    let o = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .args([prompt, answer, stop_after.unwrap_or("")])
+        .args(argv)
+        .output()
+        .unwrap();
+    (o.status.code().unwrap_or(-1), text(&o.stdout))
+}
