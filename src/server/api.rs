@@ -528,7 +528,16 @@ async fn approve_profile_bind(
     srv.approvals.publish(&id);
     tracing::info!(approval = %id, uid = peer.uid, profile, "session waits for an operator to approve its profile");
     let mut rx = rx;
-    let decided = match tokio::time::timeout_at(expires.into(), &mut rx).await {
+    let waited = tokio::select! {
+        r = tokio::time::timeout_at(expires.into(), &mut rx) => r,
+        // The guard withdraws the request (and records it) as this returns.
+        _ = srv.shutdown.cancelled() => return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the daemon is stopping; the request for approval was withdrawn",
+        )),
+    };
+    let decided = match waited {
         Ok(r) => r.ok(),
         Err(_) => {
             if srv.approvals.remove(&id).is_some() {
@@ -1320,7 +1329,7 @@ impl Waiter {
                 _ = self.srv.shutdown.cancelled(), if !stopping => {
                     stopping = true;
                     if self.srv.approvals.remove(&self.approval_id).is_some() {
-                        self.give_up("shutting_down", Event::ApprovalWithdrawn, "the daemon is stopping").await;
+                        self.give_up("approval_withdrawn", Event::ApprovalWithdrawn, "the daemon is stopping").await;
                         return;
                     }
                 }

@@ -602,3 +602,58 @@ fn ending_the_session_withdraws_its_pending_requests() {
     assert_eq!(pending_count(&d), 0);
     assert_eq!(decide(&d, &a, "approve", "once").0, 404);
 }
+
+#[test]
+fn the_cli_lists_approves_only_with_yes_and_denies_with_a_reason() {
+    let d = daemon("");
+    let (_, token) = d.session();
+    let cli = |args: &[&str]| {
+        Command::new(&*EXECBOX)
+            .arg("approvals")
+            .args(args)
+            .env("EXECBOX_OPERATOR_SOCKET", d.operator())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let req = json!({"command": "x=echo; $x cli"});
+    let t = exec_async(&d, &token, req.clone());
+    let a = next_pending(&d, &[]);
+    let id = a["approval_id"].as_str().unwrap();
+    let v: Value = serde_json::from_str(&ok(&cli(&["list", "--json"]))).unwrap();
+    assert_eq!(v["approvals"][0]["approval_id"], id);
+    assert_eq!(v["approvals"][0]["hash"], a["hash"]);
+    assert!(ok(&cli(&["list"])).contains(id));
+    // No terminal and no --yes: nothing is approved.
+    let o = cli(&["approve", id]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("--yes"), "{}", text(&o.stderr));
+    assert_eq!(pending_count(&d), 1);
+    ok(&cli(&["deny", id, "--reason", "not today"]));
+    let (_, events) = t.join().unwrap();
+    let exit = exit_of(&events);
+    assert_eq!(exit["error"], "approval_denied");
+    assert!(
+        exit["message"].as_str().unwrap().contains("not today"),
+        "{exit}"
+    );
+
+    // approve --yes --scope session: runs, and the same request then runs unasked.
+    let t = exec_async(&d, &token, req.clone());
+    let b = next_pending(&d, &[id.into()]);
+    let bid = b["approval_id"].as_str().unwrap();
+    ok(&cli(&["approve", bid, "--scope", "session", "--yes"]));
+    let (_, events) = t.join().unwrap();
+    assert_eq!(stdout_of(&events), b"cli\n");
+    let (_, events) = d.exec(&token, req);
+    assert!(!was_pending(&events), "{events:?}");
+    assert_eq!(stdout_of(&events), b"cli\n");
+    // An id that is not pending: a clear failure.
+    let o = cli(&["deny", bid]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("no pending approval"),
+        "{}",
+        text(&o.stderr)
+    );
+}
