@@ -15,9 +15,6 @@ use serde::Deserialize;
 use crate::profile::{Profile, ProfileError};
 use crate::units::{parse_duration, parse_size};
 
-/// Where the audit log goes unless `paths.audit_log` says otherwise.
-pub const DEFAULT_AUDIT_LOG: &str = "/var/log/execbox/audit.jsonl";
-
 /// A validated configuration.
 #[derive(Debug)]
 pub struct Config {
@@ -31,19 +28,39 @@ pub struct Config {
     pub operator_uids: Vec<u32>,
     pub state_dir: PathBuf,
     pub workspace_root: PathBuf,
-    /// The audit log (JSON Lines, hash-chained); `doctor` checks its mode and contents.
-    pub audit_log: PathBuf,
     /// Profiles by name (file stem, or `default` for the embedded one).
     pub profiles: BTreeMap<String, Profile>,
     pub default_profile: String,
-    /// Profiles a session may only bind with an operator's approval (refused until the
-    /// approvals issue lands).
+    /// Profiles a session may only bind with an operator's approval.
     pub approval_profiles: Vec<String>,
+    /// SHA-256 (hex) of each profile's file text, bound into approvals: an edited profile
+    /// needs new approvals.
+    pub profile_sha256: BTreeMap<String, String>,
+    /// SHA-256 (hex) of the config file text, recorded by `daemon_start`.
+    pub config_sha256: String,
+    pub approvals: ApprovalsConfig,
+    pub audit: AuditConfig,
     pub cgroup_parent: Option<PathBuf>,
     /// First host uid of the per-session sandbox identities (root only).
     pub sandbox_uid_base: u32,
     pub limits: ServerLimits,
     pub log_json: bool,
+}
+
+/// `[approvals]`: how long a request waits for an operator, and how many may wait.
+#[derive(Debug, Clone)]
+pub struct ApprovalsConfig {
+    /// A pending request is refused (`approval_expired`) after this long.
+    pub expiry: Duration,
+    /// Pending requests per session; one more answers 429 `too_many_pending`.
+    pub max_pending_per_session: usize,
+}
+
+/// `[audit]`: where the hash-chained log lives and when it rotates.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub path: PathBuf,
+    pub rotation: crate::audit::RotationPolicy,
 }
 
 /// SO_PEERCRED allowlist for the agent socket. Default deny.
@@ -123,6 +140,25 @@ pub struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    approvals: RawApprovals,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawApprovals {
+    expiry: Option<String>,
+    max_pending_per_session: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    path: Option<PathBuf>,
+    max_bytes: Option<String>,
+    keep: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -152,7 +188,6 @@ struct RawAllow {
 struct RawPaths {
     state_dir: Option<PathBuf>,
     workspace_root: Option<PathBuf>,
-    audit_log: Option<PathBuf>,
     profiles_dir: Option<PathBuf>,
     default_profile: Option<String>,
     #[serde(default)]
@@ -206,7 +241,9 @@ impl Config {
             file: file.to_string(),
             message: e.to_string(),
         })?;
-        raw.validate(file)
+        let mut config = raw.validate(file)?;
+        config.config_sha256 = sha256_hex(text.as_bytes());
+        Ok(config)
     }
 }
 
@@ -300,16 +337,15 @@ impl RawConfig {
                 .workspace_root
                 .unwrap_or_else(|| state_dir.join("workspaces")),
         )?;
-        let audit_log = absolute(
-            "paths.audit_log",
-            self.paths
-                .audit_log
-                .unwrap_or_else(|| DEFAULT_AUDIT_LOG.into()),
-        )?;
 
         let mut profiles = BTreeMap::new();
+        let mut profile_sha256 = BTreeMap::new();
         match &self.paths.profiles_dir {
             None => {
+                profile_sha256.insert(
+                    "default".to_string(),
+                    sha256_hex(crate::profile::EMBEDDED_DEFAULT.as_bytes()),
+                );
                 let p = Profile::embedded_default().map_err(|source| ConfigError::Profile {
                     file: file.into(),
                     profile: "default".into(),
@@ -340,6 +376,10 @@ impl RawConfig {
                         profile: name.clone(),
                         source: Box::new(source),
                     })?;
+                    // Read again for the hash: a profile edited between the two reads still
+                    // gets a hash different from the approved one (never a stale match).
+                    let bytes = std::fs::read(&path).unwrap_or_default();
+                    profile_sha256.insert(name.clone(), sha256_hex(&bytes));
                     profiles.insert(name, p);
                 }
             }
@@ -429,6 +469,51 @@ impl RawConfig {
             )?,
             finished_jobs_kept: l.finished_jobs_kept.unwrap_or(256),
         };
+        let approvals = ApprovalsConfig {
+            expiry: dur(
+                "approvals.expiry",
+                self.approvals.expiry,
+                Duration::from_secs(600),
+            )?,
+            max_pending_per_session: positive(
+                "approvals.max_pending_per_session",
+                self.approvals.max_pending_per_session.unwrap_or(16),
+            )?,
+        };
+        if approvals.expiry.is_zero() || approvals.expiry > Duration::from_secs(7 * 86_400) {
+            return Err(invalid(
+                "approvals.expiry",
+                "must be above 0 and at most 7 days".into(),
+                "write e.g. \"10m\"",
+            ));
+        }
+        let default_rotation = crate::audit::RotationPolicy::default();
+        let audit = AuditConfig {
+            path: absolute(
+                "audit.path",
+                self.audit
+                    .path
+                    .unwrap_or_else(|| crate::audit::DEFAULT_PATH.into()),
+            )?,
+            rotation: crate::audit::RotationPolicy {
+                max_bytes: size(
+                    "audit.max_bytes",
+                    self.audit.max_bytes,
+                    default_rotation.max_bytes,
+                )?,
+                keep: positive(
+                    "audit.keep",
+                    self.audit.keep.unwrap_or(default_rotation.keep),
+                )?,
+            },
+        };
+        if audit.rotation.max_bytes < 4096 {
+            return Err(invalid(
+                "audit.max_bytes",
+                "is below 4KiB".into(),
+                "write e.g. \"64MiB\"",
+            ));
+        }
         let sandbox_uid_base = self
             .sandbox
             .uid_base
@@ -450,16 +535,27 @@ impl RawConfig {
             operator_uids: self.allow.operator_uids,
             state_dir,
             workspace_root,
-            audit_log,
             profiles,
             default_profile,
             approval_profiles: self.paths.approval_profiles,
+            profile_sha256,
+            config_sha256: String::new(),
+            approvals,
+            audit,
             cgroup_parent: self.paths.cgroup_parent,
             sandbox_uid_base,
             limits,
             log_json: self.log.json,
         })
     }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A group name or numeric gid → gid, from /etc/group.
@@ -521,6 +617,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("sockets.agent"), "{e}");
+    }
+
+    #[test]
+    fn approvals_and_audit_keys_are_validated() {
+        let c = parse("[allow]\nuids=[1]\n").unwrap();
+        assert_eq!(c.approvals.expiry, Duration::from_secs(600));
+        assert_eq!(c.audit.path, Path::new(crate::audit::DEFAULT_PATH));
+        assert_eq!(c.config_sha256.len(), 64);
+        for (text, key) in [
+            ("[approvals]\nexpiry=\"0s\"\n", "approvals.expiry"),
+            (
+                "[approvals]\nmax_pending_per_session=0\n",
+                "approvals.max_pending_per_session",
+            ),
+            ("[audit]\npath=\"audit.jsonl\"\n", "audit.path"),
+            ("[audit]\nkeep=0\n", "audit.keep"),
+        ] {
+            let e = parse(&format!("[allow]\nuids=[1]\n{text}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{e}");
+        }
+        let e = parse("[allow]\nuids=[1]\n[approvals]\nexpirey=\"1s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expirey"), "{e}");
     }
 
     #[test]

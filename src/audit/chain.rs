@@ -113,6 +113,8 @@ pub enum Event {
     ApprovalGranted(Approval),
     ApprovalDenied(Approval),
     ApprovalExpired(Approval),
+    /// The requester went away (disconnected) before a decision: nothing ran.
+    ApprovalWithdrawn(Approval),
     JobStart {
         job: String,
         limits: serde_json::Value,

@@ -9,9 +9,11 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
+pub mod approvals;
 pub mod audit;
 pub mod policy;
 
+use approvals::ApprovalsCommand;
 use audit::AuditCommand;
 use policy::PolicyCommand;
 
@@ -40,6 +42,22 @@ enum Commands {
     Audit {
         #[command(subcommand)]
         cmd: AuditCommand,
+    },
+    /// Decide what agents asked for: list, watch (interactive), approve, deny (operator socket)
+    #[command(after_help = "\
+A command whose policy verdict is `approve` waits in the daemon until an operator decides.
+Decisions go over the operator socket only (--socket, EXECBOX_OPERATOR_SOCKET, default
+/run/execbox/operator.sock) and are bound to the hash of the exact request shown.
+
+  execbox approvals watch                      # sit at a prompt, decide as requests arrive
+  execbox approvals list [--json]
+  execbox approvals approve ID [--scope once|session] [--yes]
+  execbox approvals deny ID [--reason TEXT]
+
+See docs/approvals.md.")]
+    Approvals {
+        #[command(subcommand)]
+        cmd: ApprovalsCommand,
     },
     /// Run the supervisor daemon: HTTP/1.1 + JSON over two Unix sockets (agent, operator)
     Serve(serve::ServeArgs),
@@ -102,5 +120,6 @@ pub fn main() -> ExitCode {
         Commands::Policy { cmd } => policy::run(cmd),
         Commands::Audit { cmd } => audit::run(cmd),
         Commands::Doctor(args) => doctor::doctor(args),
+        Commands::Approvals { cmd } => approvals::run(cmd),
     }
 }

@@ -25,14 +25,14 @@ pub struct Remote<'a> {
     pub json: bool,
 }
 
-struct Reply {
-    status: u16,
+pub(super) struct Reply {
+    pub(super) status: u16,
     reader: BufReader<UnixStream>,
     chunked: bool,
     length: Option<usize>,
 }
 
-fn request(
+pub(super) fn request(
     socket: &Path,
     method: &str,
     path: &str,
@@ -83,7 +83,7 @@ fn request(
 
 impl Reply {
     /// The whole body (small replies only).
-    fn body(mut self) -> Result<Vec<u8>> {
+    pub(super) fn body(mut self) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         if self.chunked {
             while let Some(c) = self.chunk()? {
@@ -99,7 +99,7 @@ impl Reply {
     }
 
     /// The next chunk of a chunked body; `None` at the end.
-    fn chunk(&mut self) -> Result<Option<Vec<u8>>> {
+    pub(super) fn chunk(&mut self) -> Result<Option<Vec<u8>>> {
         let mut line = String::new();
         self.reader.read_line(&mut line)?;
         let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
@@ -111,7 +111,7 @@ impl Reply {
     }
 }
 
-fn error_text(body: &[u8]) -> String {
+pub(super) fn error_text(body: &[u8]) -> String {
     serde_json::from_slice::<serde_json::Value>(body)
         .ok()
         .and_then(|v| {

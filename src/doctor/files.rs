@@ -51,8 +51,8 @@ pub fn checks(cx: &Context, changes: &mut Changes) -> Vec<Check> {
         fix,
         changes,
     ));
-    out.push(audit_log_check(&c.audit_log, fix, changes));
-    out.push(audit_chain_check(&c.audit_log));
+    out.push(audit_log_check(&c.audit.path, fix, changes));
+    out.push(audit_chain_check(&c.audit.path));
     out
 }
 

@@ -150,6 +150,8 @@ struct Relay {
     command_status: Option<i32>,
     timed_out: bool,
     cancelled: bool,
+    /// A second cancel request force-killed the job.
+    killed: bool,
     stdout: StreamState,
     stderr: StreamState,
 }
@@ -569,6 +571,7 @@ fn supervise(
         command_status,
         timed_out,
         cancelled: cancels > 0,
+        killed: cancels > 1,
         stdout: out,
         stderr: err,
     }))
@@ -619,6 +622,9 @@ fn finish(
                 code,
                 format!("exited with status {code}"),
             ),
+            // Killed on request: the SIGTERM of the first request may have reached the command
+            // (and been reported) just before the kill; either way the job was cancelled.
+            Some(Exit::Signal(_)) if r.killed => (Ending::Killed, 137, "cancelled".to_string()),
             Some(Exit::Signal(sig)) => (
                 Ending::Signaled { signal: sig },
                 128 + sig,

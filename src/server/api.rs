@@ -25,11 +25,13 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use super::Server;
+use super::approvals::{Canonical, Grant, Kind, NewPending, Outcome, Scope, TakeError};
 use super::artifacts::JobArtifacts;
 use super::auth;
 use super::guard::OutputGuard;
 use super::spawner::{JobFds, JobRequest, SupervisorEvent, WireLimits};
 use super::state::{Job, JobState, Metrics, Session};
+use crate::audit::{Approval, Event};
 use crate::policy::{Command, Context, Verdict};
 use crate::units::{parse_duration, parse_size};
 
@@ -52,6 +54,9 @@ pub const ROUTES: &[(Socket, &str, &str)] = &[
     (Socket::Agent, "DELETE", "/v1/jobs/{id}"),
     (Socket::Agent, "GET", "/v1/artifacts/{file_id}"),
     (Socket::Operator, "GET", "/v1/sessions"),
+    (Socket::Operator, "GET", "/v1/approvals"),
+    (Socket::Operator, "POST", "/v1/approvals/{id}"),
+    (Socket::Operator, "GET", "/v1/audit"),
     (Socket::Operator, "GET", "/metrics"),
 ];
 
@@ -261,6 +266,20 @@ async fn route(
                 .collect();
             Ok(ok_json(StatusCode::OK, serde_json::json!({"sessions": v})))
         }
+        (Socket::Operator, ["v1", "approvals"]) if method == Method::GET => {
+            list_approvals(srv, req.uri().query()).await
+        }
+        (Socket::Operator, ["v1", "approvals", id]) => match method {
+            Method::POST => {
+                let id = id.to_string();
+                let body = read_required(srv, req).await?;
+                decide(srv, peer, &id, body).await
+            }
+            _ => Err(method_not_allowed()),
+        },
+        (Socket::Operator, ["v1", "audit"]) if method == Method::GET => {
+            audit_since(srv, req.uri().query()).await
+        }
         (Socket::Operator, ["metrics"]) if method == Method::GET => {
             let (active, sessions) = {
                 let st = srv.state();
@@ -354,6 +373,16 @@ async fn read_json<T: for<'de> Deserialize<'de>>(
     })
 }
 
+/// A JSON body that must be present.
+async fn read_required<T: for<'de> Deserialize<'de>>(
+    srv: &Server,
+    req: Request<hyper::body::Incoming>,
+) -> Result<T, ApiError> {
+    read_json(srv, req, false)
+        .await?
+        .ok_or_else(|| ApiError::bad("empty body"))
+}
+
 fn too_large(max: usize) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -379,8 +408,380 @@ async fn create_session(
         None => None,
     };
     let body: SessionBody = read_json(srv, req, true).await?.unwrap_or_default();
-    let created = srv.create_session(peer, parent.as_deref(), body.profile)?;
+    let wanted = body
+        .profile
+        .clone()
+        .unwrap_or_else(|| srv.config.default_profile.clone());
+    // A high-risk profile binds only with an operator's approval; the request waits for it.
+    let approved = parent.is_none()
+        && srv.config.approval_profiles.contains(&wanted)
+        && srv.config.profiles.contains_key(&wanted);
+    if approved {
+        approve_profile_bind(srv, peer, &wanted).await?;
+    }
+    let created = srv.create_session(peer, parent.as_deref(), body.profile, approved)?;
+    let id = created["session"].as_str().unwrap_or_default().to_string();
+    let recorded = srv
+        .record(Event::SessionCreate {
+            session: id.clone(),
+            parent: parent.clone(),
+            profile: created["profile"].as_str().unwrap_or_default().into(),
+            peer_uid: peer.uid,
+        })
+        .await;
+    if let Err(e) = recorded {
+        // Nobody has the token yet: the unrecorded session never existed.
+        let ws = srv.state().sessions.remove(&id).map(|s| s.workspace);
+        if let Some(ws) = ws {
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(ws)).await;
+        }
+        return Err(e);
+    }
     Ok(ok_json(StatusCode::CREATED, created))
+}
+
+/// Withdraws a profile-bind approval whose request went away (the handler future dropped).
+struct WithdrawOnDrop<'a> {
+    srv: &'a Arc<Server>,
+    id: String,
+    /// Cleared once the request was decided or ended otherwise.
+    armed: bool,
+}
+
+impl Drop for WithdrawOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed && self.srv.approvals.remove(&self.id).is_some() {
+            self.srv.record_detached(Event::ApprovalWithdrawn(Approval {
+                approval_id: self.id.clone(),
+                job: String::new(),
+                operator_uid: None,
+                scope: None,
+                reason: Some("the client disconnected before a decision".into()),
+            }));
+        }
+    }
+}
+
+/// Asks an operator to let a session bind `profile`; returns once approved.
+async fn approve_profile_bind(
+    srv: &Arc<Server>,
+    peer: Peer,
+    profile: &str,
+) -> Result<(), ApiError> {
+    let id = auth::new_id("a_").map_err(internal)?;
+    let profile_sha256 = srv
+        .config
+        .profile_sha256
+        .get(profile)
+        .cloned()
+        .unwrap_or_default();
+    let hash = Canonical {
+        v: 1,
+        kind: Kind::SessionProfile,
+        session: None,
+        peer_uid: Some(peer.uid),
+        profile,
+        profile_sha256: &profile_sha256,
+        command: None,
+        argv: &[],
+        cwd: None,
+        env: Vec::new(),
+        stdin_sha256: None,
+    }
+    .hash();
+    let expiry = srv.config.approvals.expiry;
+    let expires_at = super::state::unix_now() + expiry.as_secs();
+    let reason = format!("profile {profile:?} is listed in paths.approval_profiles");
+    let view = serde_json::json!({
+        "session": null, "parent_session": null, "peer_uid": peer.uid, "profile": profile,
+        "command": null, "argv": [], "cwd": null, "env_keys": [], "parsed": [], "fired": null,
+        "fail_closed": [], "rule": "approval_profiles", "reason": reason, "job": null,
+    });
+    let expires = Instant::now() + expiry;
+    let rx = srv
+        .approvals
+        .add(
+            id.clone(),
+            NewPending {
+                kind: Kind::SessionProfile,
+                group: format!("uid:{}", peer.uid),
+                session: None,
+                job: None,
+                hash,
+                view,
+                expires,
+                expires_at,
+            },
+            srv.config.approvals.max_pending_per_session,
+        )
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_pending",
+                "this uid already has approvals.max_pending_per_session profile binds waiting",
+            )
+        })?;
+    let mut guard = WithdrawOnDrop {
+        srv,
+        id: id.clone(),
+        armed: true,
+    };
+    let approval = |reason: &str| Approval {
+        approval_id: id.clone(),
+        job: String::new(),
+        operator_uid: None,
+        scope: None,
+        reason: Some(reason.into()),
+    };
+    srv.record(Event::ApprovalRequested(approval(&reason)))
+        .await?;
+    srv.approvals.publish(&id);
+    tracing::info!(approval = %id, uid = peer.uid, profile, "session waits for an operator to approve its profile");
+    let mut rx = rx;
+    let waited = tokio::select! {
+        r = tokio::time::timeout_at(expires.into(), &mut rx) => r,
+        // The guard withdraws the request (and records it) as this returns.
+        _ = srv.shutdown.cancelled() => return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the daemon is stopping; the request for approval was withdrawn",
+        )),
+    };
+    let decided = match waited {
+        Ok(r) => r.ok(),
+        Err(_) => {
+            if srv.approvals.remove(&id).is_some() {
+                guard.armed = false;
+                let _ = srv
+                    .record(Event::ApprovalExpired(approval(
+                        "no operator decided before the request expired",
+                    )))
+                    .await;
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "approval_expired",
+                    format!("no operator approved profile {profile:?} in time (approvals.expiry)"),
+                ));
+            }
+            // A decision is being recorded right now.
+            tokio::time::timeout(Duration::from_secs(10), &mut rx)
+                .await
+                .ok()
+                .and_then(Result::ok)
+        }
+    };
+    guard.armed = false;
+    match decided {
+        Some(Outcome::Approved { .. }) => Ok(()),
+        Some(Outcome::Denied { reason, .. }) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "approval_denied",
+            format!(
+                "an operator denied binding profile {profile:?}{}",
+                reason.map(|r| format!(": {r}")).unwrap_or_default()
+            ),
+        )),
+        None => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "approval_expired",
+            "the approval request ended without a decision",
+        )),
+    }
+}
+
+/// Query parameter `key` of `query`.
+fn query_param<'q>(query: Option<&'q str>, key: &str) -> Option<&'q str> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+/// `GET /v1/approvals[?after=SEQ][&wait=30s]`: the waiting requests; with `wait`, a long
+/// poll that answers as soon as one with `seq > after` exists (or empty when time is up).
+async fn list_approvals(
+    srv: &Arc<Server>,
+    query: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
+    let after = match query_param(query, "after") {
+        None => 0,
+        Some(a) => a.parse::<u64>().map_err(|_| {
+            ApiError::bad("after must be a sequence number (the `seq` of an approval)")
+        })?,
+    };
+    let wait = match query_param(query, "wait") {
+        None => Duration::ZERO,
+        Some(w) => {
+            let d = match w.parse::<u64>() {
+                Ok(secs) => Duration::from_secs(secs),
+                Err(_) => parse_duration(w).map_err(|m| ApiError::bad(format!("wait: {m}")))?,
+            };
+            d.min(Duration::from_secs(300))
+        }
+    };
+    let deadline = Instant::now() + wait;
+    let mut changed = srv.approvals.subscribe();
+    loop {
+        let list = srv.approvals.list(after);
+        if !list.is_empty() || Instant::now() >= deadline {
+            let last = list.last().and_then(|v| v["seq"].as_u64()).unwrap_or(after);
+            return Ok(ok_json(
+                StatusCode::OK,
+                serde_json::json!({"approvals": list, "last_seq": last}),
+            ));
+        }
+        tokio::select! {
+            r = tokio::time::timeout_at(deadline.into(), changed.changed()) => {
+                if !matches!(r, Ok(Ok(()))) {
+                    tokio::time::sleep_until(deadline.into()).await;
+                }
+            }
+            _ = srv.shutdown.cancelled() => return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the daemon is stopping",
+            )),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecisionBody {
+    decision: String,
+    #[serde(default)]
+    scope: Option<Scope>,
+    hash: Option<String>,
+    reason: Option<String>,
+}
+
+/// `POST /v1/approvals/{id}`: an operator's decision, bound to the hash it was shown. The
+/// decision is on the record before the waiting request learns of it.
+async fn decide(
+    srv: &Arc<Server>,
+    peer: Peer,
+    id: &str,
+    body: DecisionBody,
+) -> Result<Response<Body>, ApiError> {
+    let approve = match body.decision.as_str() {
+        "approve" => true,
+        "deny" => false,
+        _ => return Err(ApiError::bad("decision must be \"approve\" or \"deny\"")),
+    };
+    if approve && body.hash.is_none() {
+        return Err(ApiError::bad(
+            "an approval must carry the request's `hash` as shown by GET /v1/approvals",
+        ));
+    }
+    let scope = body.scope.unwrap_or(Scope::Once);
+    let p = srv
+        .approvals
+        .take(id, body.hash.as_deref())
+        .map_err(|e| match e {
+            TakeError::NotFound => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such pending approval (decided, expired or withdrawn)",
+            ),
+            TakeError::HashMismatch => ApiError::new(
+                StatusCode::CONFLICT,
+                "approval_hash_mismatch",
+                "the hash is not the request's: it is not what you were shown; list the approvals again",
+            ),
+        })?;
+    if approve && scope == Scope::Session && p.kind != Kind::Exec {
+        srv.approvals.put_back(p);
+        return Err(ApiError::bad(
+            "scope session applies to commands only; a profile bind is approved once",
+        ));
+    }
+    let record = Approval {
+        approval_id: p.id.clone(),
+        job: p.job.clone().unwrap_or_default(),
+        operator_uid: Some(peer.uid),
+        scope: approve.then(|| scope.as_str().to_string()),
+        reason: body.reason.clone(),
+    };
+    let event = if approve {
+        Event::ApprovalGranted(record)
+    } else {
+        Event::ApprovalDenied(record)
+    };
+    if let Err(e) = srv.record(event).await {
+        srv.approvals.put_back(p);
+        return Err(e);
+    }
+    if approve
+        && scope == Scope::Session
+        && let Some(s) = &p.session
+    {
+        srv.approvals.grant_session(
+            s,
+            &p.hash,
+            Grant {
+                approval_id: p.id.clone(),
+                operator_uid: peer.uid,
+            },
+        );
+    }
+    let outcome = if approve {
+        Outcome::Approved {
+            scope,
+            operator_uid: peer.uid,
+            hash: p.hash.clone(),
+        }
+    } else {
+        Outcome::Denied {
+            operator_uid: peer.uid,
+            reason: body.reason,
+        }
+    };
+    tracing::info!(approval = %p.id, uid = peer.uid, approve, scope = scope.as_str(), "operator decision");
+    let id = p.id.clone();
+    let delivered = p.decide(outcome);
+    Ok(ok_json(
+        StatusCode::OK,
+        serde_json::json!({
+            "approval_id": id,
+            "decision": if approve { "approve" } else { "deny" },
+            "scope": approve.then(|| scope.as_str()),
+            "delivered": delivered,
+        }),
+    ))
+}
+
+/// `GET /v1/audit?since=SEQ`: the stored records after `since`, as JSON lines.
+async fn audit_since(srv: &Arc<Server>, query: Option<&str>) -> Result<Response<Body>, ApiError> {
+    let since = match query_param(query, "since") {
+        None => 0,
+        Some(s) => s
+            .parse::<u64>()
+            .map_err(|_| ApiError::bad("since must be a sequence number"))?,
+    };
+    let path = srv.config.audit.path.clone();
+    let lines =
+        tokio::task::spawn_blocking(move || crate::audit::tail::records_since(&path, since))
+            .await
+            .map_err(internal)?
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "audit_unavailable",
+                    format!("cannot read the audit log: {}", crate::cli::chain(&e)),
+                )
+            })?;
+    let mut body = String::new();
+    for l in lines {
+        body.push_str(&l);
+        body.push('\n');
+    }
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    Ok(r)
 }
 
 async fn delete_session(
@@ -409,6 +810,7 @@ async fn delete_session(
                 cancel_job(c, true);
             }
         }
+        srv.approvals.end_sessions(&doomed);
         let mut workspaces = vec![];
         for s in &doomed {
             if let Some(sess) = st.sessions.remove(s) {
@@ -526,9 +928,7 @@ async fn exec(
             "the daemon is stopping; retry against the next instance",
         ));
     }
-    let body: ExecBody = read_json(srv, req, false)
-        .await?
-        .ok_or_else(|| ApiError::bad("empty body"))?;
+    let body: ExecBody = read_required(srv, req).await?;
     let (profile_name, workspace, sandbox_id) = {
         let st = srv.state();
         let s = st.sessions.get(&caller).ok_or_else(|| {
@@ -631,7 +1031,8 @@ async fn exec(
         Some(s) => Command::Shell(s),
         None => Command::Argv(&argv),
     };
-    let decision = profile.policy.check(command, &ctx);
+    let explained = profile.policy.explain(command, &ctx);
+    let decision = explained.decision.clone();
     let envelope = match body.envelope {
         true => Some((
             super::guard::new_nonce().map_err(internal)?,
@@ -641,44 +1042,419 @@ async fn exec(
     };
     let guard = OutputGuard::new(profile.output, envelope);
     let job_id = auth::new_id("j_").map_err(internal)?;
+    let parse_summary = serde_json::json!({
+        "commands": explained.commands.iter().map(|c| &c.command).collect::<Vec<_>>(),
+        "fail_closed": explained.fail_closed.iter().map(|f| format!("{}: {}", f.code, f.detail)).collect::<Vec<_>>(),
+    });
+    // The request and its verdict are on the record before anything acts on them.
+    srv.record(Event::ExecRequest {
+        session: caller.clone(),
+        job: job_id.clone(),
+        command: shell.clone(),
+        argv: shell.is_none().then(|| argv.clone()),
+        parse_summary,
+    })
+    .await?;
+    srv.record(Event::Verdict {
+        job: job_id.clone(),
+        verdict: decision.verdict.as_str().into(),
+        rule: decision.rule.clone(),
+        reason: decision.reason.clone(),
+    })
+    .await?;
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let accepted = ndjson(serde_json::json!({"event": "accepted", "job": job_id}));
+    let profile_sha256 = srv
+        .config
+        .profile_sha256
+        .get(&profile_name)
+        .cloned()
+        .unwrap_or_default();
+    let job = Prepared {
+        guard,
+        artifacts: profile.artifacts.clone(),
+        job_id,
+        session: caller,
+        profile_name,
+        profile_sha256,
+        argv,
+        shell,
+        workspace,
+        cwd,
+        env,
+        limits,
+        sandbox_id,
+        stdin,
+        allow_degraded: profile
+            .sandbox
+            .allow_degraded
+            .iter()
+            .map(|d| d.name().to_string())
+            .collect(),
+    };
 
-    if decision.verdict != Verdict::Allow {
-        let (code, message) = if decision.verdict == Verdict::Deny {
-            (
+    match decision.verdict {
+        Verdict::Allow => {}
+        Verdict::Deny => {
+            let message = format!("refused by policy: {}", decision.reason);
+            let exit = refused_exit(
+                &job.job_id,
                 "refused_by_policy",
-                format!("refused by policy: {}", decision.reason),
-            )
-        } else {
-            (
-                "approval_required",
-                format!(
-                    "needs an operator's approval ({}); the approval flow is not available in this version, so the command is refused",
-                    decision.reason
-                ),
-            )
-        };
-        let exit = serde_json::json!({
-            "event": "exit", "job": job_id, "code": 125, "signal": null,
-            "reason": "refused", "error": code, "rule": decision.rule, "message": message,
-        });
-        Metrics::inc(&srv.metrics.jobs_refused);
-        {
-            let mut st = srv.state();
-            st.jobs.insert(
-                job_id.clone(),
-                Job::new(&job_id, &caller, &argv, JobState::Refused, None),
+                decision.rule.as_deref(),
+                &message,
             );
-            let keep = srv.config.limits.finished_jobs_kept;
-            st.finish(&job_id, JobState::Refused, exit.clone(), keep);
+            Metrics::inc(&srv.metrics.jobs_refused);
+            {
+                let mut st = srv.state();
+                st.jobs.insert(
+                    job.job_id.clone(),
+                    Job::new(
+                        &job.job_id,
+                        &job.session,
+                        &job.argv,
+                        JobState::Refused,
+                        None,
+                    ),
+                );
+                let keep = srv.config.limits.finished_jobs_kept;
+                st.finish(&job.job_id, JobState::Refused, exit.clone(), keep);
+            }
+            tracing::info!(job = %job.job_id, session = %job.session, rule = ?decision.rule, "job refused by policy");
+            let _ = tx.try_send(accepted);
+            let _ = tx.try_send(ndjson(exit));
+            return Ok(stream_response(rx));
         }
-        tracing::info!(job = %job_id, session = %caller, verdict = decision.verdict.as_str(), rule = ?decision.rule, "job refused");
-        let _ = tx.try_send(accepted);
-        let _ = tx.try_send(ndjson(exit));
-        return Ok(stream_response(rx));
+        Verdict::Approve => {
+            let hash = job.canonical().hash();
+            match srv.approvals.session_grant(&job.session, &hash) {
+                // This exact request was approved for this session before: no new question.
+                Some(g) => {
+                    srv.record(Event::ApprovalGranted(Approval {
+                        approval_id: g.approval_id,
+                        job: job.job_id.clone(),
+                        operator_uid: Some(g.operator_uid),
+                        scope: Some(Scope::Session.as_str().into()),
+                        reason: Some("the same request was approved for this session".into()),
+                    }))
+                    .await?;
+                }
+                None => {
+                    return pend(srv, peer, job, &explained, hash, tx, rx, accepted).await;
+                }
+            }
+        }
+    }
+    launch(srv, job, &tx, Some(accepted)).await?;
+    Ok(stream_response(rx))
+}
+
+/// A validated exec request, everything needed to run it (now, or after an approval).
+struct Prepared {
+    job_id: String,
+    session: String,
+    profile_name: String,
+    profile_sha256: String,
+    argv: Vec<String>,
+    shell: Option<String>,
+    workspace: PathBuf,
+    cwd: Option<PathBuf>,
+    env: Vec<(String, String)>,
+    limits: crate::profile::Limits,
+    sandbox_id: u32,
+    stdin: Option<Vec<u8>>,
+    allow_degraded: Vec<String>,
+    /// The output guard for this job's streams (issue 6).
+    guard: OutputGuard,
+    /// Where the job's artifacts are collected from, if the profile declares them.
+    artifacts: Option<crate::profile::ArtifactsProfile>,
+}
+
+impl Prepared {
+    /// The canonical request an approval is bound to (see `approvals::Canonical`).
+    fn canonical(&self) -> Canonical<'_> {
+        let mut env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        env.sort();
+        Canonical {
+            v: 1,
+            kind: Kind::Exec,
+            session: Some(&self.session),
+            peer_uid: None,
+            profile: &self.profile_name,
+            profile_sha256: &self.profile_sha256,
+            command: self.shell.as_deref(),
+            argv: &self.argv,
+            cwd: Some(
+                self.cwd
+                    .as_ref()
+                    .unwrap_or(&self.workspace)
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
+            env,
+            stdin_sha256: self.stdin.as_deref().map(crate::config::sha256_hex),
+        }
+    }
+}
+
+fn refused_exit(job: &str, code: &str, rule: Option<&str>, message: &str) -> serde_json::Value {
+    serde_json::json!({
+        "event": "exit", "job": job, "code": 125, "signal": null,
+        "reason": "refused", "error": code, "rule": rule, "message": message,
+    })
+}
+
+/// Queues an approve verdict for an operator and answers with a stream that shows
+/// `pending_approval` and then whatever the decision leads to.
+#[allow(clippy::too_many_arguments)]
+async fn pend(
+    srv: &Arc<Server>,
+    peer: Peer,
+    job: Prepared,
+    explained: &crate::policy::Explanation,
+    hash: String,
+    tx: mpsc::Sender<Bytes>,
+    rx: mpsc::Receiver<Bytes>,
+    accepted: Bytes,
+) -> Result<Response<Body>, ApiError> {
+    let decision = &explained.decision;
+    let approval_id = auth::new_id("a_").map_err(internal)?;
+    let expiry = srv.config.approvals.expiry;
+    let expires_at = super::state::unix_now() + expiry.as_secs();
+    let parent = srv
+        .state()
+        .sessions
+        .get(&job.session)
+        .and_then(|s| s.spawned_by.clone());
+    // The simple command that decided, when one did (a fail-closed analysis names none).
+    let fired = decision
+        .command
+        .as_ref()
+        .and_then(|c| explained.commands.iter().position(|e| &e.command == c));
+    let mut env_keys: Vec<&str> = job.env.iter().map(|(k, _)| k.as_str()).collect();
+    env_keys.sort();
+    let view = serde_json::json!({
+        "job": job.job_id,
+        "session": job.session,
+        "parent_session": parent,
+        "peer_uid": peer.uid,
+        "profile": job.profile_name,
+        "command": job.shell,
+        "argv": job.argv,
+        "cwd": job.cwd.as_ref().unwrap_or(&job.workspace),
+        "env_keys": env_keys,
+        "parsed": explained.commands.iter().map(|c| serde_json::json!({
+            "command": c.command, "verdict": c.verdict, "matched": c.matched, "via": c.via,
+        })).collect::<Vec<_>>(),
+        "fired": fired,
+        "fail_closed": explained.fail_closed.iter().map(|f| serde_json::json!({"code": f.code, "detail": f.detail})).collect::<Vec<_>>(),
+        "rule": decision.rule,
+        "reason": decision.reason,
+    });
+    let Some(outcome) = srv.approvals.add(
+        approval_id.clone(),
+        NewPending {
+            kind: Kind::Exec,
+            group: job.session.clone(),
+            session: Some(job.session.clone()),
+            job: Some(job.job_id.clone()),
+            hash: hash.clone(),
+            view,
+            expires: Instant::now() + expiry,
+            expires_at,
+        },
+        srv.config.approvals.max_pending_per_session,
+    ) else {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_pending",
+            format!(
+                "this session already has {} requests waiting for an operator (approvals.max_pending_per_session); wait for a decision",
+                srv.config.approvals.max_pending_per_session
+            ),
+        ));
+    };
+    let requested = srv
+        .record(Event::ApprovalRequested(Approval {
+            approval_id: approval_id.clone(),
+            job: job.job_id.clone(),
+            operator_uid: None,
+            scope: None,
+            reason: Some(decision.reason.clone()),
+        }))
+        .await;
+    if let Err(e) = requested {
+        srv.approvals.remove(&approval_id);
+        return Err(e);
+    }
+    srv.approvals.publish(&approval_id);
+    srv.state().jobs.insert(
+        job.job_id.clone(),
+        Job::new(
+            &job.job_id,
+            &job.session,
+            &job.argv,
+            JobState::PendingApproval,
+            None,
+        ),
+    );
+    tracing::info!(job = %job.job_id, session = %job.session, approval = %approval_id, rule = ?decision.rule, "waiting for an operator's approval");
+    let _ = tx.try_send(accepted);
+    let _ = tx.try_send(ndjson(serde_json::json!({
+        "event": "pending_approval", "job": job.job_id, "approval_id": approval_id,
+        "rule": decision.rule, "reason": decision.reason, "expires_at": expires_at,
+        "hash": hash,
+    })));
+    let waiter = Waiter {
+        srv: srv.clone(),
+        approval_id,
+        hash,
+        expires: Instant::now() + expiry,
+        job,
+        tx,
+    };
+    srv.jobs.spawn(waiter.run(outcome));
+    Ok(stream_response(rx))
+}
+
+/// Waits for the operator, the clock, the client or shutdown — whichever takes the pending
+/// request first decides — then runs the job or ends the stream with a refusal.
+struct Waiter {
+    srv: Arc<Server>,
+    approval_id: String,
+    hash: String,
+    expires: Instant,
+    job: Prepared,
+    tx: mpsc::Sender<Bytes>,
+}
+
+impl Waiter {
+    async fn run(self, mut outcome: tokio::sync::oneshot::Receiver<Outcome>) {
+        let mut deadline = self.expires;
+        let (mut gone, mut stopping) = (false, false);
+        let decided = loop {
+            tokio::select! {
+                r = &mut outcome => break r.ok(),
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    if self.srv.approvals.remove(&self.approval_id).is_some() {
+                        self.give_up("approval_expired", Event::ApprovalExpired, "no operator decided before the request expired (approvals.expiry)").await;
+                        return;
+                    }
+                    // An operator's decision is being recorded right now: wait for it.
+                    deadline = Instant::now() + Duration::from_secs(1);
+                }
+                _ = self.tx.closed(), if !gone => {
+                    gone = true;
+                    if self.srv.approvals.remove(&self.approval_id).is_some() {
+                        self.give_up("approval_withdrawn", Event::ApprovalWithdrawn, "the client disconnected before a decision").await;
+                        return;
+                    }
+                }
+                _ = self.srv.shutdown.cancelled(), if !stopping => {
+                    stopping = true;
+                    if self.srv.approvals.remove(&self.approval_id).is_some() {
+                        self.give_up("approval_withdrawn", Event::ApprovalWithdrawn, "the daemon is stopping").await;
+                        return;
+                    }
+                }
+            }
+        };
+        let Some(decided) = decided else {
+            // The pending entry was dropped without a decision: its session ended.
+            self.give_up(
+                "approval_withdrawn",
+                Event::ApprovalWithdrawn,
+                "the session ended before a decision",
+            )
+            .await;
+            return;
+        };
+        let keep = self.srv.config.limits.finished_jobs_kept;
+        let job_id = self.job.job_id.clone();
+        let refuse = |code: &str, message: &str| {
+            let exit = refused_exit(&job_id, code, None, message);
+            Metrics::inc(&self.srv.metrics.jobs_refused);
+            self.srv
+                .state()
+                .finish(&job_id, JobState::Refused, exit.clone(), keep);
+            let _ = self.tx.try_send(ndjson(exit));
+        };
+        match decided {
+            Outcome::Denied { reason, .. } => refuse(
+                "approval_denied",
+                &format!(
+                    "an operator denied the request{}",
+                    reason.map(|r| format!(": {r}")).unwrap_or_default()
+                ),
+            ),
+            Outcome::Approved { hash, .. } => {
+                // Re-check at execution: what runs must be, byte for byte, what was approved.
+                let now = self.job.canonical().hash();
+                if now != hash || now != self.hash {
+                    refuse(
+                        "approval_mismatch",
+                        "the request differs from the one approved",
+                    );
+                    return;
+                }
+                if let Err(e) = launch(&self.srv, self.job, &self.tx, None).await {
+                    refuse(e.code, &e.message);
+                }
+            }
+        }
     }
 
+    /// Ends a request nobody decided: on the record (best effort: nothing runs either way).
+    async fn give_up(&self, code: &str, event: fn(Approval) -> Event, message: &str) {
+        let _ = self
+            .srv
+            .record(event(Approval {
+                approval_id: self.approval_id.clone(),
+                job: self.job.job_id.clone(),
+                operator_uid: None,
+                scope: None,
+                reason: Some(message.into()),
+            }))
+            .await;
+        let exit = refused_exit(&self.job.job_id, code, None, message);
+        Metrics::inc(&self.srv.metrics.jobs_refused);
+        let keep = self.srv.config.limits.finished_jobs_kept;
+        self.srv
+            .state()
+            .finish(&self.job.job_id, JobState::Refused, exit.clone(), keep);
+        tracing::info!(job = %self.job.job_id, approval = %self.approval_id, code, "approval ended without a decision");
+        let _ = self.tx.try_send(ndjson(exit));
+    }
+}
+
+/// Admits and starts a job whose verdict (or approval) allows it: concurrency limits, the
+/// `job_start` record (durable before the spawner sees the job), then the relay. `accepted`
+/// is sent first when the stream has not shown it yet.
+async fn launch(
+    srv: &Arc<Server>,
+    job: Prepared,
+    tx: &mpsc::Sender<Bytes>,
+    accepted: Option<Bytes>,
+) -> Result<(), ApiError> {
+    let Prepared {
+        job_id,
+        session: caller,
+        profile_name,
+        argv,
+        workspace,
+        cwd,
+        env,
+        limits,
+        sandbox_id,
+        stdin,
+        allow_degraded,
+        guard,
+        artifacts,
+        ..
+    } = job;
     // Pipes: output and result come back to us; cancel and stdin go to the job.
     let pipe = || std::io::pipe().map_err(internal);
     let (out_r, out_w) = pipe()?;
@@ -733,6 +1509,28 @@ async fn exec(
             ),
         );
     }
+    let wire_limits = WireLimits::from(limits);
+    let mut limits_record = serde_json::to_value(wire_limits).unwrap_or_default();
+    if let Some(o) = limits_record.as_object_mut() {
+        o.insert("allow_degraded".into(), allow_degraded.into());
+    }
+    let started = srv
+        .record(Event::JobStart {
+            job: job_id.clone(),
+            limits: limits_record,
+            degraded: Vec::new(),
+            namespaces: ["user", "mnt", "pid", "net", "ipc", "uts", "cgroup"]
+                .map(String::from)
+                .to_vec(),
+            cgroup_version: srv.cgroup_version,
+        })
+        .await;
+    if let Err(e) = started {
+        let exit = refused_exit(&job_id, e.code, None, &e.message);
+        let keep = srv.config.limits.finished_jobs_kept;
+        srv.state().finish(&job_id, JobState::Refused, exit, keep);
+        return Err(e);
+    }
 
     // Bigger pipes: fewer wake-ups per byte (best effort).
     for w in [&out_w, &err_w] {
@@ -745,7 +1543,7 @@ async fn exec(
         cwd,
         env,
         profile: profile_name,
-        limits: WireLimits::from(limits),
+        limits: wire_limits,
         sandbox_id,
         has_stdin: stdin.is_some(),
     };
@@ -768,13 +1566,23 @@ async fn exec(
         srv.state()
             .finish(&job_id, JobState::Finished, exit.clone(), keep);
         tracing::error!(job = %job_id, error = %e, "the spawner did not take the job");
-        let _ = tx.try_send(accepted);
+        srv.record_detached(Event::JobExit {
+            job: job_id.clone(),
+            code: Some(126),
+            reason: "setup_failed".into(),
+            usage: serde_json::Value::Null,
+        });
+        if let Some(a) = accepted {
+            let _ = tx.try_send(a);
+        }
         let _ = tx.try_send(ndjson(exit));
-        return Ok(stream_response(rx));
+        return Ok(());
     }
     Metrics::inc(&srv.metrics.jobs_started);
-    tracing::info!(job = %job_id, session = %caller, uid = peer.uid, argv = ?argv, "job started");
-    let _ = tx.try_send(accepted);
+    tracing::info!(job = %job_id, session = %caller, argv = ?argv, "job started");
+    if let Some(a) = accepted {
+        let _ = tx.try_send(a);
+    }
 
     if let (Some(data), Some(w)) = (stdin, stdin_w) {
         tokio::spawn(async move {
@@ -788,10 +1596,10 @@ async fn exec(
     let relay = Relay {
         srv: srv.clone(),
         job: job_id,
-        tx,
+        tx: tx.clone(),
         cancel: cancel_w,
         guard,
-        artifacts: profile.artifacts.clone().map(|cfg| JobArtifacts {
+        artifacts: artifacts.map(|cfg| JobArtifacts {
             session: caller.clone(),
             workspace: workspace.clone(),
             cfg,
@@ -799,7 +1607,7 @@ async fn exec(
     };
     srv.jobs
         .spawn(relay.run(out_r.into(), err_r.into(), res_r.into()));
-    Ok(stream_response(rx))
+    Ok(())
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -958,6 +1766,35 @@ impl Relay {
         let guard = std::mem::replace(&mut self.guard, OutputGuard::new(Default::default(), None));
         guard.finish(&mut exit);
         tracing::info!(job = %self.job, code = ?exit.get("code"), reason = ?exit.get("reason"), elapsed_ms = started.elapsed().as_millis() as u64, "job ended");
+        // On the record before the client hears of the end (the job already ran: a failed
+        // write is logged, there is nothing left to refuse).
+        let mut usage = exit.get("usage").cloned().unwrap_or_default();
+        if let Some(o) = usage.as_object_mut() {
+            for k in [
+                "degraded",
+                "stdout_bytes",
+                "stderr_bytes",
+                "stdout_truncated",
+                "stderr_truncated",
+            ] {
+                if let Some(v) = exit.get(k) {
+                    o.insert(k.into(), v.clone());
+                }
+            }
+        }
+        let _ = self
+            .srv
+            .record(Event::JobExit {
+                job: self.job.clone(),
+                code: exit.get("code").and_then(|c| c.as_i64()).map(|c| c as i32),
+                reason: exit
+                    .get("reason")
+                    .and_then(|r| r.as_str())
+                    .unwrap_or("unknown")
+                    .into(),
+                usage,
+            })
+            .await;
         // GET /v1/jobs/{id} keeps the exit event without the (large) envelope.
         let mut kept = exit.clone();
         if let Some(o) = kept.as_object_mut() {
@@ -1060,7 +1897,11 @@ mod tests {
         let enum_start = spec.find("ErrorCode:").unwrap();
         let enum_text = &spec[enum_start..enum_start + spec[enum_start..].find("Error:").unwrap()];
         let mut seen = 0;
-        for src in [include_str!("api.rs"), include_str!("mod.rs")] {
+        for src in [
+            include_str!("api.rs"),
+            include_str!("mod.rs"),
+            include_str!("record.rs"),
+        ] {
             let src = src.split("#[cfg(test)]").next().unwrap();
             for (i, _) in src.match_indices("StatusCode::") {
                 let rest = &src[i..];

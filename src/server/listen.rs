@@ -247,6 +247,10 @@ async fn connection(srv: Arc<Server>, mut stream: tokio::net::UnixStream, socket
     };
     if !allowed {
         Metrics::inc(&srv.metrics.peers_refused);
+        srv.record_auth_failure(
+            peer,
+            &format!("peer not in the allowlist of the {socket:?} socket"),
+        );
         tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, ?socket, "peer refused: not in the allowlist");
         // Read (and ignore) the request head first: a reply to a client that is still sending
         // looks to it like a failed connection (curl reports "couldn't connect"). Bounded in
@@ -265,6 +269,14 @@ async fn connection(srv: Arc<Server>, mut stream: tokio::net::UnixStream, socket
         let _ = stream.write_all(&api::forbidden_peer_reply(peer.uid)).await;
         let _ = stream.shutdown().await;
         return;
+    }
+    if socket == Socket::Operator {
+        // Operators decide approvals: who connected is on the record.
+        srv.record_detached(crate::audit::Event::Auth {
+            ok: true,
+            peer_uid: Some(peer.uid),
+            reason: "operator socket".into(),
+        });
     }
     let svc = {
         let srv = srv.clone();

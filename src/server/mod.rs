@@ -10,10 +10,12 @@
 //! thread) → sockets → `PR_SET_DUMPABLE 0` → tokio runtime.
 
 pub mod api;
+pub mod approvals;
 pub mod artifacts;
 pub mod auth;
 pub mod guard;
 pub mod listen;
+mod record;
 pub mod spawner;
 pub mod state;
 
@@ -53,6 +55,8 @@ pub enum ServeError {
     Doctor(Vec<&'static str>),
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
+    #[error("cannot open the audit log ([audit] path); the daemon does not run unaudited")]
+    Audit(#[source] crate::audit::AuditError),
 }
 
 /// Everything the request handlers share.
@@ -64,9 +68,14 @@ pub struct Server {
     guard: Mutex<Guard>,
     /// Cancelled on SIGTERM/SIGINT: stop accepting, refuse new jobs.
     pub shutdown: CancellationToken,
-    /// Every running job's relay task.
+    /// Every running job's relay task (and every request waiting for an approval).
     pub jobs: TaskTracker,
     am_root: bool,
+    /// The hash-chained audit log: every decision is recorded (durably) before it acts.
+    pub audit: crate::audit::AuditHandle,
+    pub approvals: approvals::Approvals,
+    /// Recorded in `job_start`.
+    pub cgroup_version: Option<u8>,
 }
 
 /// Abuse accounting (one lock, held for microseconds).
@@ -75,6 +84,8 @@ struct Guard {
     lockout: Lockout,
     peer_rate: RateLimiter<u32>,
     session_rate: RateLimiter<String>,
+    /// Per uid: when its last auth failure was recorded, and how many were not since.
+    auth_records: std::collections::HashMap<u32, (Instant, u64)>,
 }
 
 impl Server {
@@ -95,8 +106,11 @@ impl Server {
     /// towards the peer uid's lockout; every failure looks the same to the caller.
     pub fn authenticate(&self, peer: Peer, headers: &HeaderMap) -> Result<String, ApiError> {
         let now = Instant::now();
-        if let Some(wait) = self.guard().lockout.locked(peer.uid, now) {
+        // Bound first: the guard's lock must not be held across record_auth_failure.
+        let locked = self.guard().lockout.locked(peer.uid, now);
+        if let Some(wait) = locked {
             Metrics::inc(&self.metrics.rate_limited);
+            self.record_auth_failure(peer, "locked out after repeated bad tokens");
             return Err(ApiError {
                 retry_after: Some(wait),
                 ..ApiError::new(
@@ -116,6 +130,7 @@ impl Server {
             .and_then(auth::parse_bearer);
         let fail = |srv: &Server, counted: bool| {
             Metrics::inc(&srv.metrics.auth_failures);
+            srv.record_auth_failure(peer, "missing, invalid or expired token");
             if counted {
                 let l = &srv.config.limits;
                 srv.guard()
@@ -167,12 +182,47 @@ impl Server {
         Ok(session.to_string())
     }
 
+    /// A refused peer or token, on the record (after the fact: the refusal needs no wait).
+    /// At most one record per uid per second, the next one counting those left out: a peer
+    /// hammering the socket must not flood the log and rotate older evidence away.
+    pub fn record_auth_failure(&self, peer: Peer, reason: &str) {
+        let now = Instant::now();
+        let skipped = {
+            let mut g = self.guard();
+            match g.auth_records.get_mut(&peer.uid) {
+                Some((last, n)) if now.duration_since(*last) < Duration::from_secs(1) => {
+                    *n += 1;
+                    return;
+                }
+                Some((last, n)) => {
+                    *last = now;
+                    std::mem::take(n)
+                }
+                None => {
+                    g.auth_records.insert(peer.uid, (now, 0));
+                    0
+                }
+            }
+        };
+        let reason = if skipped > 0 {
+            format!("{reason} (and {skipped} earlier failures of this uid not recorded one by one)")
+        } else {
+            reason.to_string()
+        };
+        self.record_detached(crate::audit::Event::Auth {
+            ok: false,
+            peer_uid: Some(peer.uid),
+            reason,
+        });
+    }
+
     /// Mints a session (a child of `parent` when given) with its own workspace.
     pub fn create_session(
         &self,
         peer: Peer,
         parent: Option<&str>,
         profile: Option<String>,
+        approved: bool,
     ) -> Result<serde_json::Value, ApiError> {
         let internal = |e: String| {
             ApiError::new(
@@ -210,13 +260,11 @@ impl Server {
                 ),
             ));
         }
-        if parent.is_none() && self.config.approval_profiles.contains(&profile) {
+        if parent.is_none() && !approved && self.config.approval_profiles.contains(&profile) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "approval_required",
-                format!(
-                    "profile {profile:?} needs an operator's approval to bind; the approval flow is not available in this version"
-                ),
+                format!("profile {profile:?} needs an operator's approval to bind"),
             ));
         }
         let id = auth::new_id("s_").map_err(|e| internal(e.to_string()))?;
@@ -288,6 +336,7 @@ impl Server {
                 .filter(|s| s.expires <= now && s.running == 0)
                 .map(|s| s.id.clone())
                 .collect();
+            self.approvals.end_sessions(&ids);
             ids.iter()
                 .filter_map(|i| st.sessions.remove(i))
                 .map(|s| s.workspace)
@@ -311,8 +360,10 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         );
     }
     start_checks(&config)?;
+    warn_self_approval(&config);
     sweep_stale_cgroups(config.cgroup_parent.as_deref());
     make_dir(&config.state_dir, doctor::files::state_dir_mode(&config))?;
+
     make_dir(&config.workspace_root, 0o711)?;
 
     let ctx = spawner::SpawnerContext {
@@ -331,6 +382,18 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
             return Err(e.into());
         }
     };
+    // After the spawner fork, so neither it nor any job inherits the log's fd. A daemon that
+    // cannot record does not start.
+    let audit = match open_audit(&config) {
+        Ok(a) => a,
+        Err(e) => {
+            spawner.shutdown();
+            return Err(e);
+        }
+    };
+    let cgroup_version = sandbox::cgroup::Hierarchy::detect()
+        .ok()
+        .map(|h| h.version());
     // No core dumps, no ptrace by same-uid processes: the daemon holds tokens' hashes and
     // the jobs' pipes. (After the spawner fork: its children must stay dumpable to have their
     // id maps written by an unprivileged supervisor.)
@@ -353,6 +416,9 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         shutdown: CancellationToken::new(),
         jobs: TaskTracker::new(),
         am_root,
+        audit,
+        approvals: approvals::Approvals::default(),
+        cgroup_version,
     });
     rt.block_on(run(srv.clone(), listeners));
     drop(rt);
@@ -453,6 +519,9 @@ async fn run(srv: Arc<Server>, listeners: listen::Listeners) {
     let active = srv.state().running;
     srv.metrics.jobs_finished.load(Ordering::Relaxed);
     tracing::info!(active, "all jobs ended");
+    if let Err(e) = srv.record(crate::audit::Event::DaemonStop {}).await {
+        tracing::error!(error = %e.message, "daemon_stop not recorded");
+    }
 }
 
 async fn wait_for_signal() {
@@ -468,6 +537,37 @@ async fn wait_for_signal() {
         _ = term.recv() => {},
         _ = int.recv() => {},
     }
+}
+
+/// Operators are identified by uid alone: an agent uid that is also an operator could approve
+/// its own requests.
+fn warn_self_approval(config: &Config) {
+    let euid = sys::geteuid();
+    let both: Vec<u32> = config
+        .allow
+        .uids
+        .iter()
+        .copied()
+        .filter(|u| *u == 0 || *u == euid || config.operator_uids.contains(u))
+        .collect();
+    if !both.is_empty() {
+        tracing::warn!(
+            uids = ?both,
+            "these agent uids may also use the operator socket, so they could approve their own requests; run agents as other users"
+        );
+    }
+}
+
+fn open_audit(config: &Config) -> Result<crate::audit::AuditHandle, ServeError> {
+    let audit = crate::audit::AuditHandle::open(&config.audit.path, config.audit.rotation)
+        .map_err(ServeError::Audit)?;
+    audit
+        .append(&crate::audit::Event::DaemonStart {
+            config_sha256: config.config_sha256.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        })
+        .map_err(ServeError::Audit)?;
+    Ok(audit)
 }
 
 fn make_dir(path: &std::path::Path, mode: u32) -> Result<(), ServeError> {

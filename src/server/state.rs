@@ -33,6 +33,8 @@ pub struct Session {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
+    /// Waiting for an operator's decision.
+    PendingApproval,
     Running,
     Finished,
     Refused,
@@ -133,6 +135,11 @@ impl State {
         let Some(j) = self.jobs.get_mut(job) else {
             return;
         };
+        // Already ended (e.g. refused by `launch`, then reported by the approval waiter): the
+        // first account stands, and the job is not queued for retention twice.
+        if j.exit.is_some() {
+            return;
+        }
         let was_running = matches!(j.state, JobState::Running);
         j.state = state;
         j.exit = Some(exit);
@@ -165,6 +172,7 @@ pub struct Metrics {
     pub peers_refused: AtomicU64,
     pub rate_limited: AtomicU64,
     pub sessions_created: AtomicU64,
+    pub audit_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -194,7 +202,7 @@ impl Metrics {
         );
         counter(
             "jobs_refused_total",
-            "Jobs refused by policy or pending an approval that cannot be given yet.",
+            "Jobs refused: by policy, by an operator, an expired approval, or an unwritable audit log.",
             g(&self.jobs_refused),
             "counter",
         );
@@ -226,6 +234,12 @@ impl Metrics {
             "sessions_created_total",
             "Sessions minted.",
             g(&self.sessions_created),
+            "counter",
+        );
+        counter(
+            "audit_failures_total",
+            "Audit records that could not be written (each refused what it would have allowed).",
+            g(&self.audit_failures),
             "counter",
         );
         counter(

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 
 use execbox::audit::{AuditError, AuditLog, Event, RotationPolicy};
 
-use super::harness::{EXECBOX, Ws, root_only, text};
+use super::harness::{EXECBOX, TinyTmpfs, Ws, root_only, text};
 
 fn exec_request(n: usize, command: &str) -> Event {
     Event::ExecRequest {
@@ -222,21 +222,6 @@ fn audit_tail_escapes_control_characters() {
     );
 }
 
-/// Unmounts the tmpfs however the test ends.
-struct Mount(PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.0)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
-
 #[test]
 fn audit_full_disk_fails_the_append_cleanly_and_the_chain_continues_after() {
     if !root_only("audit_full_disk_fails_the_append_cleanly_and_the_chain_continues_after") {
@@ -244,14 +229,7 @@ fn audit_full_disk_fails_the_append_cleanly_and_the_chain_continues_after() {
     }
     let ws = Ws::new();
     let mnt = ws.path().join("tmpfs");
-    std::fs::create_dir(&mnt).unwrap();
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mount tmpfs");
-    let _mount = Mount(mnt.clone());
+    let _mount = TinyTmpfs::mount(&mnt);
     let filler = mnt.join("filler");
     std::fs::write(&filler, vec![0u8; 40 << 10]).unwrap();
 

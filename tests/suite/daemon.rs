@@ -14,17 +14,17 @@ use serde_json::{Value, json};
 use super::harness::*;
 
 pub(super) struct Daemon {
-    dir: tempfile::TempDir,
+    pub(super) dir: tempfile::TempDir,
     child: Option<Child>,
 }
 
 impl Daemon {
-    fn start(extra: &str) -> Daemon {
+    pub(super) fn start(extra: &str) -> Daemon {
         Daemon::start_with(&format!("[allow]\nuids = [{}]\n", my_uid()), extra)
     }
 
     /// `allow` is the whole [allow] table; `extra` is appended (more tables).
-    fn start_with(allow: &str, extra: &str) -> Daemon {
+    pub(super) fn start_with(allow: &str, extra: &str) -> Daemon {
         let profiles = fixture("open.toml").parent().unwrap().to_path_buf();
         Daemon::start_profile(allow, &profiles, "open", extra)
     }
@@ -44,10 +44,16 @@ impl Daemon {
         let cgroup = std::env::var("EXECBOX_CGROUP_PARENT")
             .map(|c| format!("cgroup_parent = {c:?}\n"))
             .unwrap_or_default();
+        // Every daemon writes an audit log; a test that sets its own [audit] keeps it.
+        let audit = if extra.contains("[audit]") {
+            String::new()
+        } else {
+            format!("[audit]\npath = \"{}/audit.jsonl\"\n", dir.path().display())
+        };
         let config = format!(
             "{allow}\n[sockets]\nagent = \"{d}/agent.sock\"\noperator = \"{d}/operator.sock\"\n\
              [paths]\nstate_dir = \"{d}/state\"\nprofiles_dir = {profiles:?}\ndefault_profile = {profile:?}\n{cgroup}\n\
-             {extra}\n",
+             {audit}{extra}\n",
             d = dir.path().display(),
         );
         std::fs::write(dir.path().join("execbox.toml"), &config).unwrap();
@@ -78,13 +84,13 @@ impl Daemon {
     pub(super) fn agent(&self) -> PathBuf {
         self.dir.path().join("agent.sock")
     }
-    fn operator(&self) -> PathBuf {
+    pub(super) fn operator(&self) -> PathBuf {
         self.dir.path().join("operator.sock")
     }
     pub(super) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
     }
-    fn pid(&self) -> u32 {
+    pub(super) fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
 
@@ -117,28 +123,10 @@ impl Daemon {
 
     /// `POST /v1/exec` and the parsed event stream.
     pub(super) fn exec(&self, token: &str, body: Value) -> (u16, Vec<Value>) {
-        let (status, _, raw) = http(
-            &self.agent(),
-            "POST",
-            "/v1/exec",
-            Some(token),
-            Some(("application/json", body.to_string().as_bytes())),
-        );
-        if status != 200 {
-            return (
-                status,
-                vec![serde_json::from_slice(&raw).unwrap_or(Value::Null)],
-            );
-        }
-        let events = raw
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(|l| serde_json::from_slice(l).unwrap())
-            .collect();
-        (status, events)
+        exec_on(&self.agent(), token, body)
     }
 
-    fn terminate(&mut self) -> std::process::ExitStatus {
+    pub(super) fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();
         Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
@@ -162,6 +150,29 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
     }
+}
+
+/// `POST /v1/exec` on `agent` and the parsed event stream (or the error body, when not 200).
+pub(super) fn exec_on(agent: &Path, token: &str, body: Value) -> (u16, Vec<Value>) {
+    let (status, _, raw) = http(
+        agent,
+        "POST",
+        "/v1/exec",
+        Some(token),
+        Some(("application/json", body.to_string().as_bytes())),
+    );
+    if status != 200 {
+        return (
+            status,
+            vec![serde_json::from_slice(&raw).unwrap_or(Value::Null)],
+        );
+    }
+    let events = raw
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    (status, events)
 }
 
 pub(super) fn my_uid() -> u32 {
@@ -342,7 +353,7 @@ fn policy_refusal_is_an_exit_event_with_the_rule() {
         &format!("[allow]\nuids = [{}]\n", my_uid()),
         &policies,
         "default",
-        "",
+        "[approvals]\nexpiry = \"1s\"\n",
     );
     let (_, token) = d.session();
     // Deny: the rule is named, nothing runs.
@@ -357,11 +368,16 @@ fn policy_refusal_is_an_exit_event_with_the_rule() {
         "{exit}"
     );
     assert!(output(&events, "stdout").is_empty());
-    // Approve: a human must decide; until approvals exist the daemon refuses clearly.
+    // Approve: a human must decide; nobody does here, so it expires (tests/suite/approvals.rs
+    // covers the decisions).
     let (_, events) = d.exec(&token, json!({"command": "x=id; $x"}));
+    assert!(
+        events.iter().any(|e| e["event"] == "pending_approval"),
+        "{events:?}"
+    );
     let exit = exit_of(&events);
     assert_eq!(exit["code"], 125);
-    assert_eq!(exit["error"], "approval_required");
+    assert_eq!(exit["error"], "approval_expired");
     // Positive control: an allowed command runs.
     let (_, events) = d.exec(&token, json!({"command": "echo hi"}));
     assert_eq!(exit_of(&events)["code"], 0);

@@ -19,7 +19,7 @@ fn config(dir: &Path, allow: &str) -> std::path::PathBuf {
     let d = dir.display();
     let text = format!(
         "{allow}\n[sockets]\nagent = \"{d}/agent.sock\"\noperator = \"{d}/operator.sock\"\n\
-         [paths]\nstate_dir = \"{d}/state\"\nworkspace_root = \"{d}/ws\"\naudit_log = \"{d}/log/audit.jsonl\"\n{cgroup}"
+         [paths]\nstate_dir = \"{d}/state\"\nworkspace_root = \"{d}/ws\"\n{cgroup}\n[audit]\npath = \"{d}/log/audit.jsonl\"\n"
     );
     let path = dir.join("execbox.toml");
     std::fs::write(&path, text).unwrap();

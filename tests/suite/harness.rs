@@ -148,3 +148,80 @@ pub fn py_host(code: &str) -> Output {
         .output()
         .unwrap()
 }
+
+/// A 64 KiB tmpfs (mode 0700) mounted at `dir`, a new empty directory; root only. Unmounted
+/// however the test ends (lazily when a daemon still holds a file open on it).
+pub struct TinyTmpfs(pub PathBuf);
+
+impl TinyTmpfs {
+    pub fn mount(dir: &Path) -> TinyTmpfs {
+        std::fs::create_dir(dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs on {}", dir.display());
+        TinyTmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for TinyTmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+/// Runs `argv` on a pseudo-terminal (python3's `pty`), types `answer` and a newline once
+/// `prompt` has appeared, and returns (exit code, everything the terminal showed). With
+/// `stop_after`, the program is sent SIGTERM once that text appears after the answer (for
+/// programs that do not end by themselves); the exit code is then meaningless.
+pub fn on_a_pty(
+    argv: &[&str],
+    prompt: &str,
+    answer: &str,
+    stop_after: Option<&str>,
+) -> (i32, String) {
+    let script = r#"
+import os, pty, sys, time, signal
+prompt, answer, stop = sys.argv[1].encode(), sys.argv[2], sys.argv[3].encode()
+argv = sys.argv[4:]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(argv[0], argv)
+seen = b""
+deadline = time.time() + 20
+answered_at = None
+while time.time() < deadline:
+    try:
+        chunk = os.read(fd, 4096)
+    except OSError:
+        break
+    if not chunk:
+        break
+    seen += chunk
+    if answered_at is None and prompt in seen:
+        os.write(fd, answer.encode() + b"\n")
+        answered_at = len(seen)
+    if answered_at is not None and stop and stop in seen[answered_at:]:
+        os.kill(pid, signal.SIGTERM)
+        break
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(seen.decode("utf-8", "replace"))
+sys.exit(os.waitstatus_to_exitcode(status) & 0xff)
+"#;
+    let o = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .args([prompt, answer, stop_after.unwrap_or("")])
+        .args(argv)
+        .output()
+        .unwrap();
+    (o.status.code().unwrap_or(-1), text(&o.stdout))
+}

@@ -1,3 +1,4 @@
+mod approvals;
 mod artifacts;
 mod audit;
 mod daemon;

@@ -51,37 +51,13 @@ fn approval_without_a_terminal_is_a_refusal() {
 /// Drives `execbox run` on a pseudo-terminal: answers `answer` at the prompt and returns
 /// (exit code, everything the terminal showed).
 fn on_a_terminal(ws: &std::path::Path, command: &str, answer: &str) -> (i32, String) {
-    let script = r#"
-import os, pty, sys, time
-exe, ws, cmd, answer = sys.argv[1:5]
-pid, fd = pty.fork()
-if pid == 0:
-    os.execv(exe, [exe, "run", "--workspace", ws, "-c", cmd])
-seen = b""
-deadline = time.time() + 20
-answered = False
-while time.time() < deadline:
-    try:
-        chunk = os.read(fd, 4096)
-    except OSError:
-        break
-    if not chunk:
-        break
-    seen += chunk
-    if not answered and b"Type 'yes'" in seen:
-        os.write(fd, answer.encode() + b"\n")
-        answered = True
-_, status = os.waitpid(pid, 0)
-sys.stdout.write(seen.decode("utf-8", "replace"))
-sys.exit(os.waitstatus_to_exitcode(status))
-"#;
-    let o = Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(script)
-        .args([EXECBOX.as_str(), ws.to_str().unwrap(), command, answer])
-        .output()
-        .unwrap();
-    (o.status.code().unwrap_or(-1), text(&o.stdout))
+    let ws = ws.to_str().unwrap();
+    on_a_pty(
+        &[EXECBOX.as_str(), "run", "--workspace", ws, "-c", command],
+        "Type 'yes'",
+        answer,
+        None,
+    )
 }
 
 #[test]
