@@ -62,6 +62,7 @@ pub fn run(
         }
     };
     let mut plan = prepare::build(&spec, identity, landlock_abi, &mut degraded)?;
+    phase(started, "plan built");
 
     // The job cgroup, before anything runs.
     let cgroup = match create_cgroup(&spec) {
@@ -73,6 +74,7 @@ pub fn run(
         }
         Err(e) => return Err(e),
     };
+    phase(started, "job cgroup created");
     let cgroup_version = cgroup.as_ref().map(|(h, _)| h.version());
     let cgroup = cgroup.map(|(_, job)| job);
 
@@ -90,6 +92,7 @@ pub fn run(
         Some(cg) => (cg.events(), cg.usage()),
         None => Default::default(),
     };
+    phase(started, "job ended");
     if let Some(cg) = cgroup
         && let Err(e) = cg.remove()
     {
@@ -104,6 +107,11 @@ pub fn run(
         cgroup_version,
         started,
     ))
+}
+
+/// A debug-level timing mark (`EXECBOX_LOG=execbox=debug`): where a job's start-up time goes.
+fn phase(started: Instant, what: &'static str) {
+    tracing::debug!(elapsed_us = started.elapsed().as_micros() as u64, "{what}");
 }
 
 fn create_cgroup(spec: &JobSpec) -> Result<(Hierarchy, JobCgroup), SetupError> {
@@ -206,12 +214,14 @@ fn launch(
         let _ = sys::pidfd_kill(child.pidfd.as_fd(), libc::SIGKILL);
         let _ = sys::wait_pidfd(child.pidfd.as_fd());
     };
+    phase(started, "cloned");
     if let Err(e) = release(&child, identity, cgroup, spec, &sync_parent) {
         kill_and_reap(&child);
         return Err(e);
     }
 
     let deadline = started + spec.limits.wall_time;
+    phase(started, "released (id maps written, cgroup joined)");
     let relay = supervise(
         &child,
         out_r,
