@@ -41,7 +41,7 @@ impl Daemon {
                 "[sockets]\nagent = \"{d}/agent.sock\"\noperator = \"{d}/operator.sock\"\n\
                  [allow]\nuids = [{}]\n[paths]\nstate_dir = \"{d}/state\"\nprofiles_dir = \"{d}/profiles\"\n\
                  default_profile = \"bench\"\n{cgroup}[limits]\npeer_rate = 1000000\nsession_rate = 1000000\n\
-                 max_sessions = 100000\nmax_jobs = 256\n",
+                 max_sessions = 100000\nmax_jobs = 256\n[audit]\npath = \"{d}/audit.jsonl\"\n",
                 uid.trim()
             ),
         )?;
