@@ -94,9 +94,9 @@ pub fn clone_sandbox<F: FnOnce() -> std::convert::Infallible>(
     let flags = (flags as libc::c_ulong)
         | libc::CLONE_PIDFD as libc::c_ulong
         | libc::SIGCHLD as libc::c_ulong;
-    // SAFETY: raw clone with a null stack behaves like fork: the child continues on a copy of
-    // this (single-threaded, checked above) process's stack. `pidfd` is a valid out-pointer for
-    // CLONE_PIDFD; the child-tid and tls arguments are unused for these flags.
+    // Raw clone with a null stack behaves like fork: the child continues on a copy of this
+    // process's stack; the child-tid and tls arguments are unused for these flags.
+    // SAFETY: single-threaded (checked above); `pidfd` is a valid out-pointer for CLONE_PIDFD.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_clone,
