@@ -532,6 +532,20 @@ pub fn setrlimit(resource: libc::__rlimit_resource_t, value: u64) -> SysResult<(
     check_int(unsafe { libc::setrlimit(resource, &lim) }).map(drop)
 }
 
+/// Raises the soft RLIMIT_NOFILE to the hard limit; returns the new soft limit.
+pub fn raise_nofile_to_hard() -> SysResult<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid pointer to a local.
+    check_int(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: valid pointer to a local.
+    check_int(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
+    Ok(lim.rlim_cur)
+}
+
 #[repr(C)]
 struct CapHeader {
     version: u32,

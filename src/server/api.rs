@@ -1456,7 +1456,7 @@ async fn launch(
         ..
     } = job;
     // Pipes: output and result come back to us; cancel and stdin go to the job.
-    let pipe = || std::io::pipe().map_err(internal);
+    let pipe = || std::io::pipe().map_err(job_io);
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let (res_r, res_w) = pipe()?;
@@ -1608,6 +1608,19 @@ async fn launch(
     srv.jobs
         .spawn(relay.run(out_r.into(), err_r.into(), res_r.into()));
     Ok(())
+}
+
+/// An I/O failure while setting up a job: running out of descriptors is a capacity limit
+/// (retry later, or raise the limit), not an internal error.
+fn job_io(e: std::io::Error) -> ApiError {
+    match e.raw_os_error() {
+        Some(libc::EMFILE) | Some(libc::ENFILE) => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_jobs",
+            "the daemon has no file descriptors left for another job; retry when one ends, or raise its RLIMIT_NOFILE (LimitNOFILE=) or lower limits.max_jobs",
+        ),
+        _ => internal(e),
+    }
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {

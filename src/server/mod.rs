@@ -360,6 +360,12 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         );
     }
     start_checks(&config)?;
+    // Every running job holds several pipes here: a login's soft limit (often 1024) would run
+    // out long before max_jobs. Jobs themselves get the profile's limits.nofile.
+    match sys::raise_nofile_to_hard() {
+        Ok(n) => tracing::debug!(nofile = n, "raised the descriptor limit to the hard limit"),
+        Err(e) => tracing::warn!(error = %e.describe(), "could not raise the descriptor limit"),
+    }
     warn_self_approval(&config);
     sweep_stale_cgroups(config.cgroup_parent.as_deref());
     make_dir(&config.state_dir, doctor::files::state_dir_mode(&config))?;

@@ -37,6 +37,17 @@ impl Daemon {
         profile: &str,
         extra: &str,
     ) -> Daemon {
+        Daemon::start_wrapped(allow, profiles, profile, extra, &[])
+    }
+
+    /// Like `start_profile`, with the daemon started through `wrapper` (e.g. `prlimit …`).
+    fn start_wrapped(
+        allow: &str,
+        profiles: &std::path::Path,
+        profile: &str,
+        extra: &str,
+        wrapper: &[&str],
+    ) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("execbox-daemon-")
             .tempdir()
@@ -57,7 +68,10 @@ impl Daemon {
             d = dir.path().display(),
         );
         std::fs::write(dir.path().join("execbox.toml"), &config).unwrap();
-        let child = Command::new(&*EXECBOX)
+        let mut argv: Vec<&str> = wrapper.to_vec();
+        argv.push(EXECBOX.as_str());
+        let child = Command::new(argv[0])
+            .args(&argv[1..])
             .args(["serve", "--config"])
             .arg(dir.path().join("execbox.toml"))
             .stdin(Stdio::null())
@@ -626,6 +640,37 @@ fn bad_requests_get_4xx_and_the_daemon_keeps_serving() {
 }
 
 // ---- load --------------------------------------------------------------------------------------
+
+#[test]
+fn a_low_descriptor_limit_does_not_fail_concurrent_jobs() {
+    // A login's soft RLIMIT_NOFILE (often 1024; 128 here) is far below what max_jobs running
+    // jobs need in the daemon (several pipes each): the daemon raises its soft limit to the hard
+    // one at start. Without that, some of these jobs failed with HTTP 500 (EMFILE).
+    let profiles = fixture("open.toml").parent().unwrap().to_path_buf();
+    let d = Daemon::start_wrapped(
+        &format!("[allow]\nuids = [{}]\n", my_uid()),
+        &profiles,
+        "open",
+        "[limits]\nmax_jobs = 64\nmax_jobs_per_session = 64\npeer_rate = 100000\nsession_rate = 100000\n",
+        &["/usr/bin/prlimit", "--nofile=128:"],
+    );
+    let (_, token) = d.session();
+    let handles: Vec<_> = (0..48)
+        .map(|_| {
+            let sock = d.agent();
+            let token = token.clone();
+            std::thread::spawn(move || {
+                let body = json!({"argv": ["/bin/sh", "-c", "sleep 1; echo ok"]});
+                exec_on(&sock, &token, body)
+            })
+        })
+        .collect();
+    for h in handles {
+        let (status, events) = h.join().unwrap();
+        assert_eq!(status, 200, "{events:?}");
+        assert_eq!(exit_of(&events)["code"], 0, "{events:?}");
+    }
+}
 
 #[test]
 fn concurrent_jobs_all_complete_with_every_byte_accounted_for() {
