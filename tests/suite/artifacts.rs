@@ -373,10 +373,10 @@ fn artifact_ids_expire_and_are_dropped_with_their_session() {
 }
 
 #[test]
-fn a_256_mib_output_is_capped_at_the_configured_size_with_an_exact_count() {
+fn a_1_gib_output_is_capped_at_the_configured_size_with_an_exact_count() {
     let d = start();
     let s = session(&d, None, None);
-    let total: u64 = 256 << 20;
+    let total: u64 = 1 << 30;
     let t = Instant::now();
     let events = run(
         &d,
@@ -391,7 +391,7 @@ fn a_256_mib_output_is_capped_at_the_configured_size_with_an_exact_count() {
     assert_eq!(exit["stdout_truncated"], total - (1 << 20), "{exit}");
     assert_eq!(exit["stdout_binary"], false);
     assert!(out.starts_with(b"abcdefghijklmnopqrstuvwxyz\n"));
-    eprintln!("256 MiB through the daemon in {took:?}");
+    eprintln!("1 GiB through the daemon in {took:?}");
 }
 
 #[test]
