@@ -939,3 +939,87 @@ fn the_command_cannot_reach_pid_1_s_descriptors_or_forge_its_exit() {
         sh("for f in /proc/1/fd/*; do printf 'xxxxxxxxxxxxxxxx' > $f; done 2>/dev/null; exit 3");
     assert_eq!(o.status.code(), Some(3));
 }
+
+#[test]
+fn every_namespace_is_new() {
+    // Each namespace the sandbox must have differs from the host's (the positive control is the
+    // host's own view, read the same way).
+    let kinds = ["user", "mnt", "pid", "net", "ipc", "uts", "cgroup"];
+    let script: String = kinds
+        .iter()
+        .map(|k| format!("readlink /proc/self/ns/{k}; "))
+        .collect();
+    let inside = ok(&sh(&script));
+    for (k, line) in kinds.iter().zip(inside.lines()) {
+        let host = std::fs::read_link(format!("/proc/self/ns/{k}")).unwrap();
+        assert!(line.starts_with(&format!("{k}:[")), "{line}");
+        assert_ne!(
+            line,
+            host.to_string_lossy(),
+            "the sandbox shares the host's {k} namespace"
+        );
+    }
+    assert_eq!(inside.lines().count(), kinds.len(), "{inside}");
+    // The cgroup namespace is rooted at the job's cgroup.
+    assert!(
+        ok(&sh("cat /proc/self/cgroup"))
+            .lines()
+            .all(|l| l.ends_with(":/")),
+        "not rooted at the job cgroup"
+    );
+}
+
+#[test]
+fn rlimits_forbid_core_dumps_and_bound_descriptors() {
+    // The caller raises its own limits first (the positive control, printed on the first
+    // line); inside they are the profile's: no core dumps, 1024 descriptors.
+    let ws = Ws::new();
+    let script = format!(
+        "ulimit -Sc $(ulimit -Hc) 2>/dev/null; ulimit -Sn 4096; echo $(ulimit -c) $(ulimit -n); \
+         exec '{}' run --policy '{}' --workspace '{}' -- /bin/sh -c 'echo $(ulimit -c) $(ulimit -n)'",
+        *EXECBOX,
+        fixture("open.toml").display(),
+        ws.path().display()
+    );
+    let o = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let out = ok(&o);
+    let lines: Vec<_> = out.lines().collect();
+    assert!(
+        lines[0].ends_with(" 4096"),
+        "control: the caller's limits were not raised: {out}"
+    );
+    assert_eq!(lines[1], "0 1024", "{out}");
+}
+
+#[test]
+fn the_sandbox_dies_with_a_killed_supervisor() {
+    // SIGKILL `execbox run` itself: nothing can clean up in-process, so the sandbox's pid 1 must
+    // die through its parent-death signal, taking the command with it.
+    let ws = Ws::new();
+    let mut child = cmd_in(ws.path(), &[], &["/bin/sleep", "1009"])
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while host_processes_with("sleep 1009").is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the command never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    let t = Instant::now();
+    while !host_processes_with("sleep 1009").is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "the sandbox outlived its supervisor"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
