@@ -486,13 +486,7 @@ fn the_profile_keys_are_validated_when_the_daemon_starts() {
         .unwrap()
         .replace("dir = \"out\"", "dir = \"../out\"");
     std::fs::write(dir.path().join("bad.toml"), profile).unwrap();
-    let o = Command::new(&*EXECBOX)
-        .args(["serve", "--config"])
-        .arg(write_config(dir.path()))
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    let err = text(&o.stderr);
+    let err = serve_refuses(&write_config(dir.path()));
     assert!(
         err.contains("artifacts.dir") && err.contains("fix:"),
         "{err}"

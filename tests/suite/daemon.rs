@@ -462,13 +462,7 @@ fn an_empty_allowlist_refuses_to_start() {
         ),
     )
     .unwrap();
-    let o = Command::new(&*EXECBOX)
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    let err = text(&o.stderr);
+    let err = serve_refuses(&cfg);
     assert!(err.contains("key `allow`") && err.contains("fix:"), "{err}");
     assert!(!dir.path().join("a.sock").exists());
 }

@@ -183,13 +183,7 @@ fn serve_refuses_to_start_on_a_failed_check() {
     let state = dir.path().join("state");
     std::fs::create_dir(&state).unwrap();
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let o = Command::new(&*EXECBOX)
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    let err = text(&o.stderr);
+    let err = serve_refuses(&cfg);
     assert!(err.contains("files.state_dir"), "{err}");
     assert!(err.contains("refusing to start"), "{err}");
     assert!(!dir.path().join("agent.sock").exists());

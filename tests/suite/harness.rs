@@ -225,3 +225,16 @@ sys.exit(os.waitstatus_to_exitcode(status) & 0xff)
         .unwrap();
     (o.status.code().unwrap_or(-1), text(&o.stdout))
 }
+
+/// Starts `execbox serve --config cfg`, which must refuse to start; returns what it said.
+#[track_caller]
+pub fn serve_refuses(cfg: &Path) -> String {
+    let o = Command::new(&*EXECBOX)
+        .args(["serve", "--config"])
+        .arg(cfg)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "serve started with {}", cfg.display());
+    text(&o.stderr)
+}
