@@ -64,10 +64,14 @@ pub fn from_env() -> Box<dyn Clock> {
 pub struct Manual(pub std::sync::Mutex<Instant>);
 
 #[cfg(test)]
-impl Manual {
-    pub fn new() -> Manual {
+impl Default for Manual {
+    fn default() -> Manual {
         Manual(std::sync::Mutex::new(Instant::now()))
     }
+}
+
+#[cfg(test)]
+impl Manual {
     pub fn advance(&self, d: std::time::Duration) {
         *self.0.lock().unwrap() += d;
     }

@@ -259,7 +259,7 @@ mod tests {
 
     #[test]
     fn a_code_works_once_and_in_any_spelling() {
-        let clock = clock::Manual::new();
+        let clock = clock::Manual::default();
         let (mut r, l) = (Registry::default(), limits());
         let c = code::generate().unwrap();
         assert!(r.issue(outstanding("p1", &c, clock.now(), 600), clock.now(), 4));
@@ -275,7 +275,7 @@ mod tests {
 
     #[test]
     fn an_expired_code_fails_and_is_named_for_the_record_only() {
-        let clock = clock::Manual::new();
+        let clock = clock::Manual::default();
         let (mut r, l) = (Registry::default(), limits());
         let c = code::generate().unwrap();
         r.issue(outstanding("p1", &c, clock.now(), 60), clock.now(), 4);
@@ -289,7 +289,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_and_the_limit_holds_for_the_window_even_for_the_right_code() {
-        let clock = clock::Manual::new();
+        let clock = clock::Manual::default();
         let (mut r, l) = (Registry::default(), limits());
         let c = code::generate().unwrap();
         r.issue(outstanding("p1", &c, clock.now(), 7200), clock.now(), 4);
@@ -324,7 +324,7 @@ mod tests {
 
     #[test]
     fn the_alert_threshold_invalidates_every_outstanding_code_once() {
-        let clock = clock::Manual::new();
+        let clock = clock::Manual::default();
         let l = PairingConfig {
             alert_after: 3,
             ..limits()
@@ -358,7 +358,7 @@ mod tests {
 
     #[test]
     fn outstanding_codes_are_bounded_and_revocable() {
-        let clock = clock::Manual::new();
+        let clock = clock::Manual::default();
         let (mut r, l) = (Registry::default(), limits());
         let codes: Vec<String> = (0..5).map(|_| code::generate().unwrap()).collect();
         for (i, c) in codes.iter().enumerate() {
