@@ -45,6 +45,34 @@ pub struct Config {
     pub sandbox_uid_base: u32,
     pub limits: ServerLimits,
     pub log_json: bool,
+    pub sessions: SessionsConfig,
+    pub pairing: PairingConfig,
+}
+
+/// `[sessions]`: how root sessions come to be.
+#[derive(Debug, Clone, Default)]
+pub struct SessionsConfig {
+    /// A root session only from an operator's pairing code (`docs/pairing.md`); child
+    /// sessions still come from their parent's token.
+    pub require_pairing: bool,
+}
+
+/// `[pairing]`: the limits on redeeming pairing codes (`docs/pairing.md`).
+#[derive(Debug, Clone)]
+pub struct PairingConfig {
+    /// Failed redemptions per peer uid within `failure_window`; then refused until the oldest
+    /// leaves the window.
+    pub max_failures: u32,
+    pub failure_window: Duration,
+    /// Wait after the n-th failure: `backoff × 2^(n−1)`.
+    pub backoff: Duration,
+    /// Failures of all uids together within the window that invalidate every outstanding
+    /// code and raise an alert.
+    pub alert_after: u32,
+    /// Outstanding codes at most.
+    pub max_codes: usize,
+    /// The longest `--ttl` an operator may give a code.
+    pub max_ttl: Duration,
 }
 
 /// `[approvals]`: how long a request waits for an operator, and how many may wait.
@@ -144,6 +172,28 @@ pub struct RawConfig {
     approvals: RawApprovals,
     #[serde(default)]
     audit: RawAudit,
+    #[serde(default)]
+    sessions: RawSessions,
+    #[serde(default)]
+    pairing: RawPairing,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSessions {
+    #[serde(default)]
+    require_pairing: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPairing {
+    max_failures: Option<u32>,
+    failure_window: Option<String>,
+    backoff: Option<String>,
+    alert_after: Option<u32>,
+    max_codes: Option<usize>,
+    max_ttl: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -514,6 +564,46 @@ impl RawConfig {
                 "write e.g. \"64MiB\"",
             ));
         }
+        let p = self.pairing;
+        let count = |key: &str, v: u32| {
+            if v == 0 {
+                Err(invalid(key, "is 0".into(), "use a positive number"))
+            } else {
+                Ok(v)
+            }
+        };
+        let pairing = PairingConfig {
+            max_failures: count("pairing.max_failures", p.max_failures.unwrap_or(5))?,
+            failure_window: dur(
+                "pairing.failure_window",
+                p.failure_window,
+                Duration::from_secs(3600),
+            )?,
+            backoff: dur("pairing.backoff", p.backoff, Duration::from_secs(1))?,
+            alert_after: count("pairing.alert_after", p.alert_after.unwrap_or(10))?,
+            max_codes: positive("pairing.max_codes", p.max_codes.unwrap_or(64))?,
+            max_ttl: dur("pairing.max_ttl", p.max_ttl, Duration::from_secs(86_400))?,
+        };
+        let week = Duration::from_secs(7 * 86_400);
+        for (key, d) in [
+            ("pairing.failure_window", pairing.failure_window),
+            ("pairing.max_ttl", pairing.max_ttl),
+        ] {
+            if d.is_zero() || d > week {
+                return Err(invalid(
+                    key,
+                    "must be above 0 and at most 7 days".into(),
+                    "write e.g. \"1h\"",
+                ));
+            }
+        }
+        if pairing.backoff > pairing.failure_window {
+            return Err(invalid(
+                "pairing.backoff",
+                "is longer than pairing.failure_window".into(),
+                "write e.g. \"1s\" (it doubles after each failure)",
+            ));
+        }
         let sandbox_uid_base = self
             .sandbox
             .uid_base
@@ -546,6 +636,10 @@ impl RawConfig {
             sandbox_uid_base,
             limits,
             log_json: self.log.json,
+            sessions: SessionsConfig {
+                require_pairing: self.sessions.require_pairing,
+            },
+            pairing,
         })
     }
 }
@@ -646,6 +740,34 @@ mod tests {
     }
 
     #[test]
+    fn sessions_and_pairing_keys_are_validated() {
+        let c = parse("[allow]\nuids=[1]\n").unwrap();
+        assert!(!c.sessions.require_pairing);
+        assert_eq!(c.pairing.max_failures, 5);
+        assert_eq!(c.pairing.failure_window, Duration::from_secs(3600));
+        let c = parse("[allow]\nuids=[1]\n[sessions]\nrequire_pairing=true\n").unwrap();
+        assert!(c.sessions.require_pairing);
+        for (text, key) in [
+            ("[sessions]\nrequire_paring=true\n", "require_paring"),
+            ("[pairing]\nmax_failures=0\n", "pairing.max_failures"),
+            ("[pairing]\nalert_after=0\n", "pairing.alert_after"),
+            (
+                "[pairing]\nfailure_window=\"0s\"\n",
+                "pairing.failure_window",
+            ),
+            ("[pairing]\nmax_ttl=\"200h\"\n", "pairing.max_ttl"),
+            ("[pairing]\nbackoff=\"2h\"\n", "pairing.backoff"),
+            ("[pairing]\nmax_codes=0\n", "pairing.max_codes"),
+            ("[pairing]\nmax_failure=3\n", "max_failure"),
+        ] {
+            let e = parse(&format!("[allow]\nuids=[1]\n{text}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn example_config_parses() {
         let text = include_str!("../packaging/execbox.toml");
         // The example names a group that may not exist here; the rest must validate.
@@ -655,6 +777,10 @@ mod tests {
             "\"/etc/execbox/policies\"",
             &format!("{:?}", concat!(env!("CARGO_MANIFEST_DIR"), "/policies")),
         );
-        parse(&text).unwrap();
+        let c = parse(&text).unwrap();
+        assert!(
+            c.sessions.require_pairing,
+            "the packaged service pairs agents by default"
+        );
     }
 }

@@ -134,6 +134,38 @@ pub enum Event {
     ConfigReload {
         config_sha256: String,
     },
+    /// An operator issued a pairing code (`docs/pairing.md`). Codes are named by id only.
+    PairingIssued {
+        code_id: String,
+        profile: String,
+        workspace: Option<String>,
+        label: Option<String>,
+        expires_at: u64,
+        operator_uid: u32,
+    },
+    /// A pairing code was used up: the session it created.
+    PairingRedeemed {
+        code_id: String,
+        session: String,
+        profile: String,
+        peer_uid: u32,
+    },
+    /// A redemption failed. `code_id` only when the code was a real one (expired, or its
+    /// workspace is missing); a wrong code has no id.
+    PairingFailed {
+        code_id: Option<String>,
+        peer_uid: u32,
+        /// The uid's failures within the window, this one included.
+        failures: u32,
+        reason: String,
+    },
+    /// A code was revoked by an operator (`operator_uid`) or invalidated by the daemon after
+    /// too many failed redemptions (`operator_uid` null).
+    PairingRevoked {
+        code_id: String,
+        operator_uid: Option<u32>,
+        reason: String,
+    },
     Alert {
         kind: String,
         detail: String,

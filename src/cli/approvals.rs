@@ -28,7 +28,7 @@ pub struct Conn {
         env = "EXECBOX_OPERATOR_SOCKET",
         default_value = "/run/execbox/operator.sock"
     )]
-    socket: PathBuf,
+    pub(super) socket: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -132,7 +132,7 @@ pub fn run(cmd: ApprovalsCommand) -> ExitCode {
     }
 }
 
-fn get_json(socket: &Path, path: &str) -> Result<Value> {
+pub(super) fn get_json(socket: &Path, path: &str) -> Result<Value> {
     let reply = request(socket, "GET", path, None, None)?;
     let status = reply.status;
     let body = reply.body()?;
@@ -173,7 +173,7 @@ fn post_decision(
 }
 
 /// An id as a path segment: ids are `a_` + hex; anything else is percent-encoded.
-fn url_segment(s: &str) -> String {
+pub(super) fn url_segment(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
@@ -351,7 +351,7 @@ fn deny(socket: &Path, id: &str, reason: Option<String>) -> Result<ExitCode> {
 }
 
 /// A JSON string made safe to print (anything else: its JSON text, escaped).
-fn s(v: &Value) -> String {
+pub(super) fn s(v: &Value) -> String {
     match v {
         Value::String(x) => escape(x),
         Value::Null => "-".into(),

@@ -11,6 +11,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 pub mod approvals;
 pub mod audit;
+pub mod pair;
 pub mod policy;
 
 use approvals::ApprovalsCommand;
@@ -59,6 +60,27 @@ See docs/approvals.md.")]
         #[command(subcommand)]
         cmd: ApprovalsCommand,
     },
+    /// Issue a one-time pairing code that gives an agent its first session (operator socket)
+    #[command(after_help = "\
+The operator decides, per agent, which profile (and optionally which workspace) its session
+gets, and hands it a one-time code. The agent redeems the code on the agent socket for a
+session and token; with [sessions] require_pairing = true (the packaged default) that is the
+only way to create a root session. Codes are 16 symbols from the OS RNG (no 0/O, 1/l/I),
+single use, expiring (default 10 minutes), stored only as a hash; failed redemptions are
+limited per uid, back off exponentially, and past pairing.alert_after invalidate every
+outstanding code with an alert in the audit log.
+
+  execbox pair --profile strict --label ci-bot      # prints the code once, and its id
+  execbox pair --workspace /srv/agents/bot1 --ttl 2h --json
+  execbox pair list [--json]                        # outstanding codes, by id
+  execbox pair revoke CODE-ID
+
+The agent:
+  curl --unix-socket /run/execbox/agent.sock -H 'Content-Type: application/json' \\
+       -d '{\"pairing_code\": \"XXXX-XXXX-XXXX-XXXX\"}' http://localhost/v1/sessions
+
+Dashes and case do not matter. See docs/pairing.md.")]
+    Pair(pair::PairArgs),
     /// Run the supervisor daemon: HTTP/1.1 + JSON over two Unix sockets (agent, operator)
     Serve(serve::ServeArgs),
     /// Check this host, the config and file permissions; say how to fix what is wrong
@@ -121,5 +143,6 @@ pub fn main() -> ExitCode {
         Commands::Audit { cmd } => audit::run(cmd),
         Commands::Doctor(args) => doctor::doctor(args),
         Commands::Approvals { cmd } => approvals::run(cmd),
+        Commands::Pair(args) => pair::run(args),
     }
 }

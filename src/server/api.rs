@@ -58,6 +58,9 @@ pub const ROUTES: &[(Socket, &str, &str)] = &[
     (Socket::Operator, "POST", "/v1/approvals/{id}"),
     (Socket::Operator, "GET", "/v1/audit"),
     (Socket::Operator, "GET", "/metrics"),
+    (Socket::Operator, "POST", "/v1/pairing"),
+    (Socket::Operator, "GET", "/v1/pairing"),
+    (Socket::Operator, "DELETE", "/v1/pairing/{id}"),
 ];
 
 /// The identity of the connection's peer (SO_PEERCRED).
@@ -86,7 +89,7 @@ impl ApiError {
             retry_after: None,
         }
     }
-    fn bad(message: impl Into<String>) -> ApiError {
+    pub(super) fn bad(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
     pub(super) fn not_found() -> ApiError {
@@ -127,7 +130,7 @@ fn json_response(status: StatusCode, body: String) -> Response<Body> {
     r
 }
 
-fn ok_json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
+pub(super) fn ok_json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
     json_response(status, v.to_string())
 }
 
@@ -277,6 +280,21 @@ async fn route(
             }
             _ => Err(method_not_allowed()),
         },
+        (Socket::Operator, ["v1", "pairing"]) => match method {
+            Method::POST => {
+                let body = read_required(srv, req).await?;
+                super::pairing::routes::issue(srv, peer, body).await
+            }
+            Method::GET => super::pairing::routes::list(srv),
+            _ => Err(method_not_allowed()),
+        },
+        (Socket::Operator, ["v1", "pairing", id]) => match method {
+            Method::DELETE => {
+                let id = id.to_string();
+                super::pairing::routes::revoke(srv, peer, &id).await
+            }
+            _ => Err(method_not_allowed()),
+        },
         (Socket::Operator, ["v1", "audit"]) if method == Method::GET => {
             audit_since(srv, req.uri().query()).await
         }
@@ -374,7 +392,7 @@ async fn read_json<T: for<'de> Deserialize<'de>>(
 }
 
 /// A JSON body that must be present.
-async fn read_required<T: for<'de> Deserialize<'de>>(
+pub(super) async fn read_required<T: for<'de> Deserialize<'de>>(
     srv: &Server,
     req: Request<hyper::body::Incoming>,
 ) -> Result<T, ApiError> {
@@ -395,6 +413,9 @@ fn too_large(max: usize) -> ApiError {
 #[serde(deny_unknown_fields)]
 struct SessionBody {
     profile: Option<String>,
+    /// An operator's one-time code (`execbox pair`): the session gets the profile and
+    /// workspace the operator chose. Never logged.
+    pairing_code: Option<String>,
 }
 
 async fn create_session(
@@ -408,6 +429,21 @@ async fn create_session(
         None => None,
     };
     let body: SessionBody = read_json(srv, req, true).await?.unwrap_or_default();
+    if let Some(code) = body.pairing_code {
+        if parent.is_some() || body.profile.is_some() {
+            return Err(ApiError::bad(
+                "a pairing code creates a root session with the profile the operator chose: send it alone, without a token or a profile",
+            ));
+        }
+        return super::pairing::routes::redeem(srv, peer, code).await;
+    }
+    if parent.is_none() && srv.config.sessions.require_pairing {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "pairing_required",
+            "this daemon creates root sessions only from an operator's pairing code (sessions.require_pairing); fix: ask the operator for one (`execbox pair`) and send {\"pairing_code\": \"…\"}; child sessions need the parent's token",
+        ));
+    }
     let wanted = body
         .profile
         .clone()
@@ -813,7 +849,9 @@ async fn delete_session(
         srv.approvals.end_sessions(&doomed);
         let mut workspaces = vec![];
         for s in &doomed {
-            if let Some(sess) = st.sessions.remove(s) {
+            if let Some(sess) = st.sessions.remove(s)
+                && !sess.keep_workspace
+            {
                 workspaces.push(sess.workspace);
             }
         }
@@ -1914,6 +1952,7 @@ mod tests {
             include_str!("api.rs"),
             include_str!("mod.rs"),
             include_str!("record.rs"),
+            include_str!("pairing/routes.rs"),
         ] {
             let src = src.split("#[cfg(test)]").next().unwrap();
             for (i, _) in src.match_indices("StatusCode::") {

@@ -15,6 +15,7 @@ pub mod artifacts;
 pub mod auth;
 pub mod guard;
 pub mod listen;
+pub mod pairing;
 mod record;
 pub mod spawner;
 pub mod state;
@@ -76,6 +77,8 @@ pub struct Server {
     pub approvals: approvals::Approvals,
     /// Recorded in `job_start`.
     pub cgroup_version: Option<u8>,
+    /// Outstanding pairing codes and the guessing accounting (`docs/pairing.md`).
+    pub pairing: pairing::Pairing,
 }
 
 /// Abuse accounting (one lock, held for microseconds).
@@ -224,6 +227,20 @@ impl Server {
         profile: Option<String>,
         approved: bool,
     ) -> Result<serde_json::Value, ApiError> {
+        self.create_session_in(peer, parent, profile, approved, None)
+    }
+
+    /// Like [`Server::create_session`]; with `workspace`, the session works in that existing
+    /// directory (an operator's choice at pairing), which is neither created, chowned nor
+    /// removed with the session.
+    pub fn create_session_in(
+        &self,
+        peer: Peer,
+        parent: Option<&str>,
+        profile: Option<String>,
+        approved: bool,
+        workspace: Option<&std::path::Path>,
+    ) -> Result<serde_json::Value, ApiError> {
         let internal = |e: String| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -283,9 +300,13 @@ impl Server {
         };
         // Each session has its own workspace and, as root, its own host uid: two sessions'
         // sandboxes never share files or an identity.
-        let workspace = self.config.workspace_root.join(&id);
+        let keep_workspace = workspace.is_some();
+        let workspace = match workspace {
+            Some(w) => w.to_path_buf(),
+            None => self.config.workspace_root.join(&id),
+        };
         let sandbox_id = self.config.sandbox_uid_base.saturating_add(offset);
-        {
+        if !keep_workspace {
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new()
                 .mode(0o700)
@@ -310,6 +331,7 @@ impl Server {
             expires: Instant::now() + ttl,
             expires_at: created_at + ttl.as_secs(),
             running: 0,
+            keep_workspace,
         };
         let expires_at = session.expires_at;
         self.state().sessions.insert(id.clone(), session);
@@ -339,6 +361,7 @@ impl Server {
             self.approvals.end_sessions(&ids);
             ids.iter()
                 .filter_map(|i| st.sessions.remove(i))
+                .filter(|s| !s.keep_workspace)
                 .map(|s| s.workspace)
                 .collect()
         };
@@ -425,6 +448,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         audit,
         approvals: approvals::Approvals::default(),
         cgroup_version,
+        pairing: pairing::Pairing::new(pairing::clock::from_env()),
     });
     rt.block_on(run(srv.clone(), listeners));
     drop(rt);

@@ -64,5 +64,9 @@ fn event_kind(e: &Event) -> &'static str {
         Event::JobExit { .. } => "job_exit",
         Event::ConfigReload { .. } => "config_reload",
         Event::Alert { .. } => "alert",
+        Event::PairingIssued { .. } => "pairing_issued",
+        Event::PairingRedeemed { .. } => "pairing_redeemed",
+        Event::PairingFailed { .. } => "pairing_failed",
+        Event::PairingRevoked { .. } => "pairing_revoked",
     }
 }

@@ -28,6 +28,9 @@ pub struct Session {
     pub expires: Instant,
     pub expires_at: u64,
     pub running: usize,
+    /// The workspace is an operator's directory (chosen at pairing): ending the session
+    /// leaves it in place.
+    pub keep_workspace: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -173,6 +176,10 @@ pub struct Metrics {
     pub rate_limited: AtomicU64,
     pub sessions_created: AtomicU64,
     pub audit_failures: AtomicU64,
+    pub pairing_issued: AtomicU64,
+    pub pairing_redeemed: AtomicU64,
+    pub pairing_failures: AtomicU64,
+    pub pairing_alerts: AtomicU64,
 }
 
 impl Metrics {
@@ -243,6 +250,30 @@ impl Metrics {
             "counter",
         );
         counter(
+            "pairing_codes_issued_total",
+            "Pairing codes issued by operators.",
+            g(&self.pairing_issued),
+            "counter",
+        );
+        counter(
+            "pairing_redeemed_total",
+            "Pairing codes redeemed for a session.",
+            g(&self.pairing_redeemed),
+            "counter",
+        );
+        counter(
+            "pairing_failures_total",
+            "Failed pairing code redemptions (wrong, expired, used or revoked codes).",
+            g(&self.pairing_failures),
+            "counter",
+        );
+        counter(
+            "pairing_alerts_total",
+            "Guessing alerts: failures reached pairing.alert_after and every outstanding code was invalidated.",
+            g(&self.pairing_alerts),
+            "counter",
+        );
+        counter(
             "jobs_active",
             "Jobs running now.",
             active_jobs as u64,
@@ -277,6 +308,7 @@ mod tests {
             expires: Instant::now(),
             expires_at: 0,
             running: 0,
+            keep_workspace: false,
         }
     }
 

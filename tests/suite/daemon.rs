@@ -41,7 +41,7 @@ impl Daemon {
     }
 
     /// Like `start_profile`, with the daemon started through `wrapper` (e.g. `prlimit …`).
-    fn start_wrapped(
+    pub(super) fn start_wrapped(
         allow: &str,
         profiles: &std::path::Path,
         profile: &str,
@@ -264,7 +264,7 @@ pub(super) fn exit_of(events: &[Value]) -> &Value {
     last
 }
 
-fn curl(args: &[&str]) -> std::process::Output {
+pub(super) fn curl(args: &[&str]) -> std::process::Output {
     Command::new("curl")
         .args(["-sS", "--max-time", "60"])
         .args(args)

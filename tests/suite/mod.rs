@@ -4,6 +4,7 @@ mod audit;
 mod daemon;
 mod doctor;
 mod harness;
+mod pairing;
 mod policy;
 mod run_policy;
 mod sandbox;

@@ -14,6 +14,7 @@ use crate::run_cmd;
 
 const UNIT_DIR: &str = "/lib/systemd/system";
 const AGENT: &str = "/run/execbox/agent.sock";
+const OPERATOR: &str = "/run/execbox/operator.sock";
 
 pub fn run() -> Result<()> {
     let deb = crate::package::deb()?;
@@ -115,8 +116,30 @@ fn smoke() -> Result<()> {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let session: serde_json::Value =
-            serde_json::from_slice(&curl(&["-X", "POST", "http://x/v1/sessions"])?)?;
+        // The packaged config sets sessions.require_pairing: the operator pairs the agent in
+        // one command, the agent redeems the code with curl.
+        let paired = Command::new("/usr/bin/execbox")
+            .args(["pair", "--json", "--label", "smoke", "--socket", OPERATOR])
+            .output()
+            .context("run the installed execbox pair")?;
+        if !paired.status.success() {
+            bail!(
+                "execbox pair failed: {}",
+                String::from_utf8_lossy(&paired.stderr)
+            );
+        }
+        let paired: serde_json::Value = serde_json::from_slice(&paired.stdout)?;
+        let code = paired["code"]
+            .as_str()
+            .context("no code from execbox pair")?;
+        let body = serde_json::json!({ "pairing_code": code }).to_string();
+        let session: serde_json::Value = serde_json::from_slice(&curl(&[
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            &body,
+            "http://x/v1/sessions",
+        ])?)?;
         let token = session["token"]
             .as_str()
             .with_context(|| format!("no token in {session}"))?;
