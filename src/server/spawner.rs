@@ -267,6 +267,7 @@ fn spawner_main(sock: &UnixStream, parent: libc::pid_t, ctx: &SpawnerContext) ->
     }
     let _ = sys::close_range(keep + 1, u32::MAX, 0);
     tracing::debug!(pid = sys::getpid(), "spawner ready");
+    let mut pool = WarmPool::new();
 
     loop {
         let mut pfd = [libc::pollfd {
@@ -274,25 +275,94 @@ fn spawner_main(sock: &UnixStream, parent: libc::pid_t, ctx: &SpawnerContext) ->
             events: libc::POLLIN,
             revents: 0,
         }];
-        let ready = sys::poll(&mut pfd, 1000).unwrap_or(0);
+        // Idle with parts to build: build one between requests, never ahead of one.
+        let timeout = if pool.wants_more() { 0 } else { 1000 };
+        let ready = sys::poll(&mut pfd, timeout).unwrap_or(0);
         reap();
         if ready == 0 {
+            pool.build_one();
             continue;
         }
         match receive(sock) {
             Ok(Some((req, fds))) => {
-                let pid = sys::fork_single_threaded(|| supervise(req.clone(), fds, ctx));
-                if let Err(e) = pid {
-                    tracing::error!(error = %e.describe(), job = %req.job_id, "cannot fork a job supervisor");
+                let mut warm = pool.take();
+                let pid =
+                    sys::fork_single_threaded(|| supervise(req.clone(), fds, ctx, warm.take()));
+                match (pid, warm) {
+                    // The supervisor has its own copy now: ours only holds descriptors.
+                    (Ok(_), Some(w)) => w.disown(),
+                    (Err(e), w) => {
+                        drop(w);
+                        tracing::error!(error = %e.describe(), job = %req.job_id, "cannot fork a job supervisor");
+                    }
+                    (Ok(_), None) => {}
                 }
                 // Our copies of the job's fds were moved into the closure and are dropped here.
             }
-            Ok(None) => sys::exit(0),
+            Ok(None) => {
+                drop(pool);
+                sys::exit(0)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "bad spawner request; spawner exits");
+                drop(pool);
                 sys::exit(1);
             }
         }
+    }
+}
+
+/// Network namespaces built ahead, between requests: creating one costs about half a
+/// millisecond that a job no longer waits for. Each goes to exactly one job (see
+/// [`sandbox::warm`]). Only as root: an unprivileged spawner cannot create one it could hand
+/// over, and its jobs create their own as before.
+struct WarmPool {
+    ready: Vec<sandbox::warm::Prewarmed>,
+    /// The spawner's own network namespace, to return to; `None` disables the pool.
+    home: Option<OwnedFd>,
+}
+
+/// How many are kept ready: enough for a burst of two, cheap to hold (an idle namespace
+/// with only `lo`).
+const WARM_TARGET: usize = 2;
+
+impl WarmPool {
+    fn new() -> WarmPool {
+        let home = (sys::geteuid() == 0)
+            .then(|| std::fs::File::open("/proc/thread-self/ns/net").ok())
+            .flatten()
+            .map(OwnedFd::from);
+        WarmPool {
+            ready: Vec::new(),
+            home,
+        }
+    }
+
+    fn wants_more(&self) -> bool {
+        self.home.is_some() && self.ready.len() < WARM_TARGET
+    }
+
+    fn build_one(&mut self) {
+        let Some(home) = &self.home else { return };
+        match sandbox::warm::Prewarmed::network(home.as_fd()) {
+            Ok(ns) => self.ready.push(sandbox::warm::Prewarmed {
+                netns: Some(ns),
+                ..Default::default()
+            }),
+            Err(e) => {
+                // Jobs create their own namespaces, as without the pool.
+                tracing::warn!(error = %e, "network namespaces are not built ahead");
+                self.home = None;
+                if matches!(e, sandbox::warm::NetnsError::Return(_)) {
+                    // Still in the wrong namespace: refuse to go on rather than hand it out.
+                    sys::exit(1);
+                }
+            }
+        }
+    }
+
+    fn take(&mut self) -> Option<sandbox::warm::Prewarmed> {
+        self.ready.pop()
     }
 }
 
@@ -371,7 +441,12 @@ impl OutputSink for PipeSink {
 }
 
 /// One job's supervisor: runs it and reports. Single-threaded (a fork of the spawner).
-fn supervise(req: JobRequest, fds: JobFds, ctx: &SpawnerContext) -> std::convert::Infallible {
+fn supervise(
+    req: JobRequest,
+    fds: JobFds,
+    ctx: &SpawnerContext,
+    prewarmed: Option<sandbox::warm::Prewarmed>,
+) -> std::convert::Infallible {
     let _ = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0);
     let mut result = std::fs::File::from(fds.result);
     let mut emit = |ev: &SupervisorEvent| {
@@ -403,6 +478,7 @@ fn supervise(req: JobRequest, fds: JobFds, ctx: &SpawnerContext) -> std::convert
         stdin: fds.stdin,
         // The stale sweep of `execbox run` applies: a job is stale once this pid is gone.
         job_name: format!("{}{pid}-{}", sandbox::RUN_JOB_PREFIX, req.job_id),
+        prewarmed,
     };
     let cancel = fds.cancel;
     let _ = sys::set_nonblocking(cancel.as_fd());

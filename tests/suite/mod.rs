@@ -5,6 +5,7 @@ mod daemon;
 mod doctor;
 mod harness;
 mod policy;
+mod prewarm;
 mod run_policy;
 mod sandbox;
 mod tidy;

@@ -432,6 +432,12 @@ impl JobCgroup {
         let dirs = std::mem::take(&mut self.dirs);
         self.ops.rmdir_all(&dirs)
     }
+
+    /// Lets go of the directories without removing them: for the parent's copy after a fork
+    /// handed this job to a child, which now owns (and removes) them.
+    pub fn disown(mut self) {
+        self.dirs.clear();
+    }
 }
 
 impl Drop for JobCgroup {
