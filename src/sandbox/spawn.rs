@@ -70,7 +70,13 @@ pub fn run(
     let warm_cgroup = prewarmed
         .cgroup
         .filter(|w| w.limits == cgroup_limits(&spec))
-        .map(|w| (w.version, w.job));
+        .and_then(|mut w| match w.job.rename(&spec.job_name) {
+            Ok(()) => Some((w.version, w.job)),
+            Err(e) => {
+                tracing::debug!(error = %e, "prepared job cgroup not used");
+                None
+            }
+        });
     let created = match warm_cgroup {
         Some(cg) => Ok(cg),
         None => create_cgroup(&spec),
@@ -227,7 +233,9 @@ fn launch(
                 namespaces &= !libc::CLONE_NEWNET;
                 plan.loopback_up = false;
             }
-            Err(e) => tracing::debug!(error = %e.describe(), "prepared network namespace not entered"),
+            Err(e) => {
+                tracing::debug!(error = %e.describe(), "prepared network namespace not entered")
+            }
         }
     }
     let child = sys::clone_sandbox(namespaces, || super::child::init_main(plan)).map_err(|e| {

@@ -17,7 +17,12 @@ fn job_netns(d: &Daemon, token: &str) -> String {
     let (status, events) = d.exec(token, json!({"argv": ["/usr/bin/python3", "-c", probe]}));
     assert_eq!(status, 200);
     let exit = exit_of(&events);
-    assert_eq!(exit["code"], 0, "{exit} {}", text(&output(&events, "stderr")));
+    assert_eq!(
+        exit["code"],
+        0,
+        "{exit} {}",
+        text(&output(&events, "stderr"))
+    );
     text(&output(&events, "stdout")).trim().to_string()
 }
 
@@ -46,5 +51,73 @@ fn every_daemon_job_gets_a_network_namespace_no_other_job_had() {
             );
         }
         std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
+/// Python that allocates and touches `mib` MiB, then exits 0.
+fn allocate(mib: u64) -> serde_json::Value {
+    json!({"argv": ["/usr/bin/python3", "-c", format!("b = b'x' * ({mib} << 20); print(len(b))")]})
+}
+
+#[test]
+fn a_job_cgroup_built_ahead_has_the_jobs_own_limits() {
+    let d = Daemon::start("");
+    let (_, token) = d.session();
+    // The spawner builds cgroups with the last job's limits; a job asking for other limits
+    // must never run in one of those. 96 MiB fits in 256 MiB and not in 64 MiB.
+    for (limit, fits) in [
+        (256u64, true),
+        (64, false),
+        (64, false),
+        (256, true),
+        (256, true),
+    ] {
+        let mut body = allocate(96);
+        body["limits"] = json!({"memory": limit << 20});
+        let (status, events) = d.exec(&token, body);
+        assert_eq!(status, 200);
+        let exit = exit_of(&events);
+        if fits {
+            assert_eq!(exit["code"], 0, "{limit} MiB: {exit}");
+        } else {
+            assert_eq!(exit["reason"], "oom", "{limit} MiB: {exit}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_job_cgroup_built_ahead_is_named_after_its_job_and_removed_with_it() {
+    let d = Daemon::start("");
+    let (_, token) = d.session();
+    for _ in 0..3 {
+        let running = std::thread::scope(|s| {
+            let job = s.spawn(|| d.exec(&token, json!({"argv": ["/bin/sleep", "1"]})));
+            // Find the running job's id, then its cgroup by that id.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            let id = loop {
+                let (_, v) = d.json("GET", "/v1/jobs", Some(&token), None);
+                let running = v["jobs"].as_array().and_then(|jobs| {
+                    jobs.iter()
+                        .find(|j| j["state"] == "running")
+                        .and_then(|j| j["job"].as_str().map(String::from))
+                });
+                if let Some(id) = running {
+                    break id;
+                }
+                assert!(std::time::Instant::now() < deadline, "no running job: {v}");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            };
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let dirs = super::daemon::cgroups_named(&id);
+            let (status, events) = job.join().unwrap();
+            assert_eq!((status, &exit_of(&events)["code"]), (200, &json!(0)));
+            (id, dirs)
+        });
+        let (id, dirs) = running;
+        assert!(!dirs.is_empty(), "job {id} ran in no cgroup named after it");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let left = super::daemon::cgroups_named(&id);
+        assert!(left.is_empty(), "job cgroup left behind: {left:?}");
     }
 }
