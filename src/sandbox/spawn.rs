@@ -193,6 +193,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SetupError> {
     Ok((OwnedFd::from(r), OwnedFd::from(w)))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn launch(
     spec: &mut JobSpec,
     plan: &mut Plan,
