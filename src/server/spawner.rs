@@ -369,6 +369,9 @@ impl WarmPool {
     }
 
     fn build_one(&mut self) {
+        if !self.wants_more() {
+            return;
+        }
         let mut warm = sandbox::warm::Prewarmed::default();
         if let Some(home) = &self.home {
             match sandbox::warm::Prewarmed::network(home.as_fd()) {

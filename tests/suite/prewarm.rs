@@ -121,3 +121,21 @@ fn a_job_cgroup_built_ahead_is_named_after_its_job_and_removed_with_it() {
         assert!(left.is_empty(), "job cgroup left behind: {left:?}");
     }
 }
+
+#[test]
+fn an_idle_daemon_keeps_only_a_few_parts_ready() {
+    let d = Daemon::start("");
+    let (_, token) = d.session();
+    let (status, _) = d.exec(&token, json!({"argv": ["/bin/true"]}));
+    assert_eq!(status, 200);
+    // The spawner is the daemon's child; cgroups built ahead carry its pid.
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", d.pid()))
+        .unwrap_or_default();
+    let spawner = children.split_whitespace().next().expect("no spawner").to_string();
+    // Idle for several of the spawner's 1 s poll rounds.
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    let ready = super::daemon::cgroups_named(&format!("-{spawner}-warm"));
+    // One directory per v1 hierarchy per ready cgroup; none at all where cgroups are not
+    // built ahead (v2). Two ready at most: 5 hierarchies × 2.
+    assert!(ready.len() <= 10, "{} ready: {ready:?}", ready.len());
+}
