@@ -188,23 +188,35 @@ impl AuditLog {
     /// error nothing is counted: the chain state is unchanged and no partial line remains, so
     /// the same call can be retried once the cause (a full disk, permissions) is fixed.
     pub fn append(&mut self, event: &Event) -> Result<u64, AuditError> {
+        self.append_all(std::slice::from_ref(event))
+    }
+
+    /// Appends consecutive records with one write and one `fdatasync`; returns the first's
+    /// sequence number. All or nothing, like [`AuditLog::append`]. For records that belong
+    /// together (a request and its verdict): one sync instead of one each.
+    pub fn append_all(&mut self, events: &[Event]) -> Result<u64, AuditError> {
         if self.dirty {
             self.undo_partial_write()
                 .map_err(|source| self.write_error(source))?;
         }
         let ts = chain::timestamp(SystemTime::now());
-        let mut line =
-            chain::encode(self.next_seq, &ts, &self.last, event).map_err(AuditError::Encode)?;
-        let hash = LineHash::of_line(&line);
-        line.push(b'\n');
-        if self.len > 0 && self.len + line.len() as u64 > self.policy.max_bytes {
+        let (mut seq, mut last) = (self.next_seq, self.last);
+        let mut batch = Vec::new();
+        for event in events {
+            let mut line = chain::encode(seq, &ts, &last, event).map_err(AuditError::Encode)?;
+            last = LineHash::of_line(&line);
+            line.push(b'\n');
+            batch.extend_from_slice(&line);
+            seq += 1;
+        }
+        if self.len > 0 && self.len + batch.len() as u64 > self.policy.max_bytes {
             self.rotate()?;
         }
         // fdatasync, not fsync: it also flushes the size change a reader needs, and skips
         // timestamps nobody relies on.
         let written = self
             .file
-            .write_all(&line)
+            .write_all(&batch)
             .and_then(|()| self.file.sync_data());
         if let Err(source) = written {
             // Some bytes may have landed (a short write before ENOSPC, or a failed sync):
@@ -213,10 +225,11 @@ impl AuditLog {
             let _ = self.undo_partial_write();
             return Err(self.write_error(source));
         }
-        self.len += line.len() as u64;
-        self.last = hash;
-        self.next_seq += 1;
-        Ok(self.next_seq - 1)
+        let first = self.next_seq;
+        self.len += batch.len() as u64;
+        self.last = last;
+        self.next_seq = seq;
+        Ok(first)
     }
 
     /// The sequence number the next record will get.
@@ -390,9 +403,14 @@ impl AuditHandle {
 
     /// See [`AuditLog::append`]: `Ok(seq)` only once the record is durable.
     pub fn append(&self, event: &Event) -> Result<u64, AuditError> {
+        self.append_all(std::slice::from_ref(event))
+    }
+
+    /// See [`AuditLog::append_all`]: `Ok(first seq)` once every record is durable.
+    pub fn append_all(&self, events: &[Event]) -> Result<u64, AuditError> {
         // A panic inside append may have left the state half-updated: fail closed.
         let mut log = self.inner.lock().map_err(|_| AuditError::Poisoned)?;
-        log.append(event)
+        log.append_all(events)
     }
 
     /// `(next seq, last hash)`, e.g. for `GET /v1/audit` or an anchor.
@@ -438,6 +456,20 @@ mod tests {
         assert_eq!((h.seq, h.prev), (1, "0".repeat(64)));
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn a_batch_is_consecutive_chained_records() {
+        let (_dir, p, mut log) = fresh();
+        log.append(&alert(1)).unwrap();
+        assert_eq!(log.append_all(&[alert(2), alert(3), alert(4)]).unwrap(), 2);
+        assert_eq!(log.append(&alert(5)).unwrap(), 5);
+        let report = verify(std::slice::from_ref(&p)).unwrap();
+        assert!(report.broken.is_none(), "{:?}", report.broken);
+        assert_eq!((report.first_seq, report.last_seq), (Some(1), Some(5)));
+        drop(log);
+        let log = AuditLog::open(&p, small()).unwrap();
+        assert_eq!(log.next_seq(), 6);
     }
 
     #[test]

@@ -260,6 +260,7 @@ pub fn run(args: RunArgs) -> ExitCode {
             std::process::id(),
             nanos()
         ),
+        prewarmed: None,
     };
 
     // Ctrl-C / SIGTERM: first one asks the command to stop, the second kills the job.

@@ -273,7 +273,9 @@ pub fn init_main(plan: &mut Plan) -> ! {
 
     mounts(plan, received);
     sys::sethostname(plan.hostname).or_fail(Step::Hostname, 0);
-    sys::loopback_up().or_fail(Step::LoopbackUp, 0);
+    if plan.loopback_up {
+        sys::loopback_up().or_fail(Step::LoopbackUp, 0);
+    }
     sys::chdir(&plan.cwd).or_fail(Step::Chdir, 0);
     sys::setrlimit(libc::RLIMIT_CORE, 0).or_fail(Step::Rlimit, 0);
     sys::setrlimit(libc::RLIMIT_NOFILE, plan.nofile).or_fail(Step::Rlimit, 1);

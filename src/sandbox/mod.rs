@@ -17,6 +17,7 @@ pub mod report;
 pub mod seccomp;
 mod spawn;
 pub mod sys;
+pub mod warm;
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::PathBuf;
@@ -49,6 +50,8 @@ pub struct JobSpec {
     pub stdin: Option<OwnedFd>,
     /// A name for the job cgroup (unique per job).
     pub job_name: String,
+    /// Parts built ahead by the daemon's spawner (see [`warm`]); `None` builds everything now.
+    pub prewarmed: Option<warm::Prewarmed>,
 }
 
 /// Which output stream.

@@ -135,6 +135,9 @@ pub struct Plan {
     /// Detached-mount fds, filled by the child (sized before the fork).
     pub slots: Vec<RawFd>,
     pub hostname: &'static [u8],
+    /// Bring `lo` up inside (false when the network namespace came up-ready from
+    /// [`super::warm`]; the sandbox could not configure that one anyway).
+    pub loopback_up: bool,
     pub cwd: CString,
     pub nofile: u64,
     pub landlock: Option<LandlockPlan>,

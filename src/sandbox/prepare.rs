@@ -444,6 +444,7 @@ pub fn build(
         mounts,
         slots: vec![-1; slots],
         hostname: b"execbox",
+        loopback_up: true,
         cwd: c(&cwd)?,
         nofile: spec.limits.nofile,
         landlock,

@@ -63,9 +63,25 @@ pub fn run(
     };
     let mut plan = prepare::build(&spec, identity, landlock_abi, &mut degraded)?;
     phase(started, "plan built");
+    let prewarmed = spec.prewarmed.take().unwrap_or_default();
 
-    // The job cgroup, before anything runs.
-    let cgroup = match create_cgroup(&spec) {
+    // The job cgroup, before anything runs: the one built ahead when its limits are this
+    // job's, else a new one.
+    let warm_cgroup = prewarmed
+        .cgroup
+        .filter(|w| w.limits == cgroup_limits(&spec))
+        .and_then(|mut w| match w.job.rename(&spec.job_name) {
+            Ok(()) => Some((w.version, w.job)),
+            Err(e) => {
+                tracing::debug!(error = %e, "prepared job cgroup not used");
+                None
+            }
+        });
+    let created = match warm_cgroup {
+        Some(cg) => Ok(cg),
+        None => create_cgroup(&spec),
+    };
+    let cgroup = match created {
         Ok(cg) => Some(cg),
         Err(e) if allowed.contains(&Degradation::Cgroup) => {
             tracing::info!(error = %e, "running without a job cgroup (allowed by the profile)");
@@ -75,13 +91,14 @@ pub fn run(
         Err(e) => return Err(e),
     };
     phase(started, "job cgroup created");
-    let cgroup_version = cgroup.as_ref().map(|(h, _)| h.version());
+    let cgroup_version = cgroup.as_ref().map(|(v, _)| *v);
     let cgroup = cgroup.map(|(_, job)| job);
 
     let result = launch(
         &mut spec,
         &mut plan,
         identity,
+        prewarmed.netns,
         cgroup.as_ref(),
         sink,
         cancel,
@@ -114,7 +131,15 @@ fn phase(started: Instant, what: &'static str) {
     tracing::debug!(elapsed_us = started.elapsed().as_micros() as u64, "{what}");
 }
 
-fn create_cgroup(spec: &JobSpec) -> Result<(Hierarchy, JobCgroup), SetupError> {
+fn cgroup_limits(spec: &JobSpec) -> CgroupLimits {
+    CgroupLimits {
+        memory: spec.limits.memory,
+        pids: spec.limits.pids,
+        cpu: spec.limits.cpu,
+    }
+}
+
+fn create_cgroup(spec: &JobSpec) -> Result<(u8, JobCgroup), SetupError> {
     let hierarchy = Hierarchy::detect().map_err(SetupError::Cgroup)?;
     if spec.cgroup_parent.is_none() && sys::geteuid() != 0 {
         return Err(SetupError::Cgroup(super::cgroup::CgroupError::Unavailable(
@@ -122,15 +147,14 @@ fn create_cgroup(spec: &JobSpec) -> Result<(Hierarchy, JobCgroup), SetupError> {
         )));
     }
     sweep_stale(&hierarchy, spec.cgroup_parent.as_deref());
-    let limits = CgroupLimits {
-        memory: spec.limits.memory,
-        pids: spec.limits.pids,
-        cpu: spec.limits.cpu,
-    };
     let job = hierarchy
-        .create_job(spec.cgroup_parent.as_deref(), &spec.job_name, &limits)
+        .create_job(
+            spec.cgroup_parent.as_deref(),
+            &spec.job_name,
+            &cgroup_limits(spec),
+        )
         .map_err(SetupError::Cgroup)?;
-    Ok((hierarchy, job))
+    Ok((hierarchy.version(), job))
 }
 
 /// Prefix of the job cgroups `execbox run` creates: `execbox-run-<supervisor pid>-<nanos>`.
@@ -169,10 +193,12 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SetupError> {
     Ok((OwnedFd::from(r), OwnedFd::from(w)))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn launch(
     spec: &mut JobSpec,
     plan: &mut Plan,
     identity: Identity,
+    netns: Option<OwnedFd>,
     cgroup: Option<&JobCgroup>,
     sink: &mut dyn OutputSink,
     cancel: Option<(BorrowedFd<'_>, &mut dyn FnMut() -> bool)>,
@@ -198,7 +224,22 @@ fn launch(
     plan.report_fd = report_w.as_raw_fd();
     plan.sync_fd = sync_child.as_raw_fd();
 
-    let child = sys::clone_sandbox(NAMESPACES, || super::child::init_main(plan)).map_err(|e| {
+    // A network namespace built ahead: this process enters it and the child inherits it
+    // instead of creating one (the caller — a per-job supervisor — has no other use for its
+    // own). If entering fails, the child gets a fresh one as usual.
+    let mut namespaces = NAMESPACES;
+    if let Some(ns) = netns {
+        match sys::setns(ns.as_fd(), libc::CLONE_NEWNET) {
+            Ok(()) => {
+                namespaces &= !libc::CLONE_NEWNET;
+                plan.loopback_up = false;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e.describe(), "prepared network namespace not entered")
+            }
+        }
+    }
+    let child = sys::clone_sandbox(namespaces, || super::child::init_main(plan)).map_err(|e| {
         let hint = if e.0 == libc::EDEADLK {
             " (the calling process has more than one thread)".to_string()
         } else {
@@ -538,7 +579,10 @@ fn supervise(
                     Some(Record::Failed { step, index, errno }) => {
                         failure.get_or_insert((step, index, errno));
                     }
-                    Some(Record::Exited { status }) => command_status = Some(status),
+                    Some(Record::Exited { status }) => {
+                        tracing::debug!("command exit reported");
+                        command_status = Some(status)
+                    }
                     None => {}
                 }
             }
@@ -556,6 +600,7 @@ fn supervise(
             }
         }
         if is_ready(i_pid) {
+            tracing::debug!("pid 1 exited");
             init_exit = Some(
                 sys::wait_pidfd(child.pidfd.as_fd())
                     .map_err(|e| step_error("wait", String::new(), e))?,

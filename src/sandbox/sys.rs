@@ -507,6 +507,12 @@ pub fn unshare(flags: libc::c_int) -> SysResult<()> {
     check_int(unsafe { libc::unshare(flags) }).map(drop)
 }
 
+/// Moves the calling thread into the namespace `fd` refers to (`nstype`: one CLONE_NEW* flag).
+pub fn setns(fd: BorrowedFd<'_>, nstype: libc::c_int) -> SysResult<()> {
+    // SAFETY: plain syscall on a borrowed, open descriptor.
+    check_int(unsafe { libc::setns(fd.as_raw_fd(), nstype) }).map(drop)
+}
+
 pub fn setsid() -> SysResult<()> {
     // SAFETY: plain syscall.
     check_int(unsafe { libc::setsid() }).map(drop)

@@ -1085,20 +1085,21 @@ async fn exec(
         "fail_closed": explained.fail_closed.iter().map(|f| format!("{}: {}", f.code, f.detail)).collect::<Vec<_>>(),
     });
     // The request and its verdict are on the record before anything acts on them.
-    srv.record(Event::ExecRequest {
-        session: caller.clone(),
-        job: job_id.clone(),
-        command: shell.clone(),
-        argv: shell.is_none().then(|| argv.clone()),
-        parse_summary,
-    })
-    .await?;
-    srv.record(Event::Verdict {
-        job: job_id.clone(),
-        verdict: decision.verdict.as_str().into(),
-        rule: decision.rule.clone(),
-        reason: decision.reason.clone(),
-    })
+    srv.record_all(vec![
+        Event::ExecRequest {
+            session: caller.clone(),
+            job: job_id.clone(),
+            command: shell.clone(),
+            argv: shell.is_none().then(|| argv.clone()),
+            parse_summary,
+        },
+        Event::Verdict {
+            job: job_id.clone(),
+            verdict: decision.verdict.as_str().into(),
+            rule: decision.rule.clone(),
+            reason: decision.reason.clone(),
+        },
+    ])
     .await?;
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let accepted = ndjson(serde_json::json!({"event": "accepted", "job": job_id}));

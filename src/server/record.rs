@@ -16,9 +16,15 @@ use crate::audit::Event;
 impl Server {
     /// Appends `event` and waits until it is durable.
     pub async fn record(&self, event: Event) -> Result<u64, ApiError> {
+        self.record_all(vec![event]).await
+    }
+
+    /// Appends `events` as consecutive records with one sync, and waits until all are
+    /// durable; all or nothing. Returns the first's sequence number.
+    pub async fn record_all(&self, events: Vec<Event>) -> Result<u64, ApiError> {
         let audit = self.audit.clone();
-        let kind = event_kind(&event);
-        let r = tokio::task::spawn_blocking(move || audit.append(&event)).await;
+        let kind = events.first().map(event_kind).unwrap_or("none");
+        let r = tokio::task::spawn_blocking(move || audit.append_all(&events)).await;
         let e = match r {
             Ok(Ok(seq)) => return Ok(seq),
             Ok(Err(e)) => format!("{} ({})", crate::cli::chain(&e), e.code()),

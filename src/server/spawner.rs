@@ -22,6 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::profile::{Limits, SandboxProfile};
+use crate::sandbox::cgroup::{CgroupLimits, Hierarchy};
 use crate::sandbox::{self, JobSpec, OutputSink, Stream, sys};
 
 /// What the daemon asks the spawner to run: the [`JobSpec`] fields, with the sandbox view named
@@ -267,6 +268,7 @@ fn spawner_main(sock: &UnixStream, parent: libc::pid_t, ctx: &SpawnerContext) ->
     }
     let _ = sys::close_range(keep + 1, u32::MAX, 0);
     tracing::debug!(pid = sys::getpid(), "spawner ready");
+    let mut pool = WarmPool::new(ctx);
 
     loop {
         let mut pfd = [libc::pollfd {
@@ -274,25 +276,153 @@ fn spawner_main(sock: &UnixStream, parent: libc::pid_t, ctx: &SpawnerContext) ->
             events: libc::POLLIN,
             revents: 0,
         }];
-        let ready = sys::poll(&mut pfd, 1000).unwrap_or(0);
+        // Idle with parts to build: build one between requests, never ahead of one.
+        let timeout = if pool.wants_more() { 0 } else { 1000 };
+        let ready = sys::poll(&mut pfd, timeout).unwrap_or(0);
         reap();
         if ready == 0 {
+            pool.build_one();
             continue;
         }
         match receive(sock) {
             Ok(Some((req, fds))) => {
-                let pid = sys::fork_single_threaded(|| supervise(req.clone(), fds, ctx));
-                if let Err(e) = pid {
-                    tracing::error!(error = %e.describe(), job = %req.job_id, "cannot fork a job supervisor");
+                let (mut warm, stale) = pool.take(&req.limits);
+                let pid =
+                    sys::fork_single_threaded(|| supervise(req.clone(), fds, ctx, warm.take()));
+                drop(stale);
+                match (pid, warm) {
+                    // The supervisor has its own copy now: ours only holds descriptors.
+                    (Ok(_), Some(w)) => w.disown(),
+                    (Err(e), w) => {
+                        drop(w);
+                        tracing::error!(error = %e.describe(), job = %req.job_id, "cannot fork a job supervisor");
+                    }
+                    (Ok(_), None) => {}
                 }
                 // Our copies of the job's fds were moved into the closure and are dropped here.
             }
-            Ok(None) => sys::exit(0),
+            Ok(None) => {
+                drop(pool);
+                sys::exit(0)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "bad spawner request; spawner exits");
+                drop(pool);
                 sys::exit(1);
             }
         }
+    }
+}
+
+/// Sandbox parts built ahead, between requests (see [`sandbox::warm`]): a network namespace
+/// (about half a millisecond of a job's start) and, on cgroup v1, the job cgroup (a directory
+/// and limits in each of up to five hierarchies; renamed to its job's name when taken). Each
+/// goes to exactly one job. Only where the spawner can build them: a network namespace it can
+/// hand over needs root; a cgroup needs root or a delegated parent. Jobs build whatever is
+/// missing themselves, as without the pool.
+struct WarmPool {
+    ready: Vec<sandbox::warm::Prewarmed>,
+    /// The spawner's own network namespace, to return to; `None`: no namespaces ahead.
+    home: Option<OwnedFd>,
+    /// cgroup v1 hierarchy and parent; `None`: no cgroups ahead.
+    cgroups: Option<(Hierarchy, Option<PathBuf>)>,
+    /// Limits the next cgroups are built with: the last job's (most jobs of a daemon share
+    /// their profile's); a job with other limits gets a new cgroup.
+    limits: CgroupLimits,
+    built: u64,
+}
+
+/// How many are kept ready: enough for a burst of two, cheap to hold (an idle namespace with
+/// only `lo`, empty cgroup directories).
+const WARM_TARGET: usize = 2;
+
+fn cgroup_limits(l: &WireLimits) -> CgroupLimits {
+    CgroupLimits {
+        memory: l.memory,
+        pids: l.pids,
+        cpu: l.cpu,
+    }
+}
+
+impl WarmPool {
+    fn new(ctx: &SpawnerContext) -> WarmPool {
+        let root = sys::geteuid() == 0;
+        let home = root
+            .then(|| std::fs::File::open("/proc/thread-self/ns/net").ok())
+            .flatten()
+            .map(OwnedFd::from);
+        let cgroups = Hierarchy::detect()
+            .ok()
+            .filter(|h| h.version() == 1 && (root || ctx.cgroup_parent.is_some()))
+            .map(|h| (h, ctx.cgroup_parent.clone()));
+        WarmPool {
+            ready: Vec::new(),
+            home,
+            cgroups,
+            limits: CgroupLimits::default(),
+            built: 0,
+        }
+    }
+
+    fn wants_more(&self) -> bool {
+        (self.home.is_some() || self.cgroups.is_some()) && self.ready.len() < WARM_TARGET
+    }
+
+    fn build_one(&mut self) {
+        if !self.wants_more() {
+            return;
+        }
+        let mut warm = sandbox::warm::Prewarmed::default();
+        if let Some(home) = &self.home {
+            match sandbox::warm::Prewarmed::network(home.as_fd()) {
+                Ok(ns) => warm.netns = Some(ns),
+                Err(e) => {
+                    tracing::warn!(error = %e, "network namespaces are not built ahead");
+                    self.home = None;
+                    if matches!(e, sandbox::warm::NetnsError::Return(_)) {
+                        // Still in the wrong namespace: stop rather than hand it out.
+                        sys::exit(1);
+                    }
+                }
+            }
+        }
+        if let Some((h, parent)) = &self.cgroups {
+            self.built += 1;
+            let name = format!(
+                "{}{}-warm{}",
+                sandbox::RUN_JOB_PREFIX,
+                sys::getpid(),
+                self.built
+            );
+            match sandbox::warm::Prewarmed::cgroup(h, parent.as_deref(), &name, &self.limits) {
+                Ok(cg) => warm.cgroup = Some(cg),
+                Err(e) => {
+                    tracing::warn!(error = %e, "job cgroups are not built ahead");
+                    self.cgroups = None;
+                }
+            }
+        }
+        if warm.netns.is_some() || warm.cgroup.is_some() {
+            self.ready.push(warm);
+        }
+    }
+
+    /// One ready entry for a job with `limits`, and a cgroup built for other limits, for the
+    /// caller to drop once the job is on its way.
+    fn take(
+        &mut self,
+        limits: &WireLimits,
+    ) -> (
+        Option<sandbox::warm::Prewarmed>,
+        Option<sandbox::warm::WarmCgroup>,
+    ) {
+        let wanted = cgroup_limits(limits);
+        self.limits = wanted;
+        let Some(mut warm) = self.ready.pop() else {
+            return (None, None);
+        };
+        let stale = warm.cgroup.take_if(|c| c.limits != wanted);
+        (Some(warm), stale)
     }
 }
 
@@ -371,7 +501,12 @@ impl OutputSink for PipeSink {
 }
 
 /// One job's supervisor: runs it and reports. Single-threaded (a fork of the spawner).
-fn supervise(req: JobRequest, fds: JobFds, ctx: &SpawnerContext) -> std::convert::Infallible {
+fn supervise(
+    req: JobRequest,
+    fds: JobFds,
+    ctx: &SpawnerContext,
+    prewarmed: Option<sandbox::warm::Prewarmed>,
+) -> std::convert::Infallible {
     let _ = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0);
     let mut result = std::fs::File::from(fds.result);
     let mut emit = |ev: &SupervisorEvent| {
@@ -403,6 +538,7 @@ fn supervise(req: JobRequest, fds: JobFds, ctx: &SpawnerContext) -> std::convert
         stdin: fds.stdin,
         // The stale sweep of `execbox run` applies: a job is stale once this pid is gone.
         job_name: format!("{}{pid}-{}", sandbox::RUN_JOB_PREFIX, req.job_id),
+        prewarmed,
     };
     let cancel = fds.cancel;
     let _ = sys::set_nonblocking(cancel.as_fd());

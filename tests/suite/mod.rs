@@ -6,6 +6,7 @@ mod doctor;
 mod harness;
 mod pairing;
 mod policy;
+mod prewarm;
 mod run_policy;
 mod sandbox;
 mod tidy;

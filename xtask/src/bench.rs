@@ -1,10 +1,14 @@
 //! `cargo xtask bench`: the published comparison, measured, never asserted in tests.
 //!
-//! 1. Latency of `/bin/true` through `execbox run` vs `bwrap --unshare-all` vs `unshare` vs
-//!    bare, **interleaved** in one run (one round = one run of each, in rotating order) so that
-//!    machine noise hits all of them alike. Reports median, p90, p99 and the ratios.
-//! 2. Throughput of 1 GiB of stdout through `execbox run` vs the same producer into a plain
-//!    pipe.
+//! 1. Latency of `/bin/true` through `execbox run`, through the daemon (`execbox run --socket`),
+//!    `bwrap --unshare-all`, `unshare` and bare, **interleaved** in one run (one round = one run
+//!    of each, in rotating order) so that machine noise hits all of them alike. Reports median,
+//!    p90, p99 and the ratios to bwrap.
+//! 2. Daemon launches per second at 1/2/4/8 concurrent raw-HTTP clients; daemon RSS idle and
+//!    per running job.
+//! 3. Throughput of 1 GiB of stdout through `execbox run` and the daemon vs the same producer
+//!    into a plain pipe.
+//! 4. Policy check time per command over the detection corpus.
 //!
 //! Options: `--rounds N` (default 300), `--bytes N` (default 1 GiB), `--workspace DIR`.
 
@@ -173,6 +177,7 @@ pub fn run(args: &[String]) -> Result<()> {
 
     throughput(&exe, &ws_s, bytes, &sock_s)?;
     drop(daemon);
+    policy_latency()?;
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }
@@ -269,6 +274,54 @@ fn throughput(exe: &str, ws: &str, bytes: u64, sock: &str) -> Result<()> {
         best[2],
         gib / best[2],
         best[0] / best[2]
+    );
+    Ok(())
+}
+
+/// Policy check time per command, in process: every line of `tests/corpus/policy.tsv` (the
+/// dangerous and benign commands the detection rates are measured on) against the embedded
+/// default profile. The criterion bench (`cargo bench --bench policy`) has the per-command
+/// and adversarial-input figures; this is the corpus-wide distribution.
+fn policy_latency() -> Result<()> {
+    use execbox::policy::{Command as PolicyCommand, Context};
+    let corpus = std::fs::read_to_string(project_root().join("tests/corpus/policy.tsv"))?;
+    let commands: Vec<String> = corpus
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.split_once('\t').map(|(_, c)| c.replace('⏎', "\n")))
+        .collect();
+    let policy = execbox::profile::Profile::embedded_default()?.policy;
+    let ctx = Context {
+        workspace: "/workspace".into(),
+        home: Some("/home/agent".into()),
+    };
+    // Per command: the best of a few runs of 20 checks (noise only ever adds time).
+    let mut per_command: Vec<Duration> = commands
+        .iter()
+        .map(|c| {
+            (0..5)
+                .map(|_| {
+                    let t = Instant::now();
+                    for _ in 0..20 {
+                        std::hint::black_box(policy.check(PolicyCommand::Shell(c), &ctx));
+                    }
+                    t.elapsed() / 20
+                })
+                .min()
+                .unwrap_or_default()
+        })
+        .collect();
+    let us = |d: Duration| format!("{:.1} µs", d.as_secs_f64() * 1e6);
+    println!("\n## Policy check per command ({} corpus commands)\n", commands.len());
+    println!("| median | p90 | p99 | max |");
+    println!("|---|---|---|---|");
+    let max = per_command.iter().max().copied().unwrap_or_default();
+    println!(
+        "| {} | {} | {} | {} |",
+        us(pct(&mut per_command, 0.5)),
+        us(pct(&mut per_command, 0.9)),
+        us(pct(&mut per_command, 0.99)),
+        us(max)
     );
     Ok(())
 }

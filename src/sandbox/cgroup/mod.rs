@@ -138,6 +138,12 @@ pub enum CgroupError {
     },
     #[error("{remaining} processes still in {path} after SIGKILL")]
     KillTimeout { path: PathBuf, remaining: usize },
+    #[error("cannot rename cgroup {path}")]
+    Rename {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot remove cgroup {path}")]
     RemoveDir {
         path: PathBuf,
@@ -431,6 +437,41 @@ impl JobCgroup {
     pub fn remove(mut self) -> Result<(), CgroupError> {
         let dirs = std::mem::take(&mut self.dirs);
         self.ops.rmdir_all(&dirs)
+    }
+
+    /// Renames the job's directories to `name`, in place (cgroup v1: a job built ahead takes
+    /// its job's name, so it can be found by it). All or nothing. cgroup v2 has no rename.
+    pub fn rename(&mut self, name: &str) -> Result<(), CgroupError> {
+        validate_name(name)?;
+        let JobKind::V1(job) = &self.kind else {
+            return Err(CgroupError::Unavailable(
+                "cgroup v2 directories cannot be renamed".into(),
+            ));
+        };
+        let renamed = job.renamed(name);
+        let mut done: Vec<(PathBuf, PathBuf)> = Vec::new();
+        for old in &self.dirs {
+            let new = old.with_file_name(name);
+            if let Err(source) = std::fs::rename(old, &new) {
+                for (o, n) in done.iter().rev() {
+                    let _ = std::fs::rename(n, o);
+                }
+                return Err(CgroupError::Rename {
+                    path: old.clone(),
+                    source,
+                });
+            }
+            done.push((old.clone(), new));
+        }
+        self.dirs = done.into_iter().map(|(_, new)| new).collect();
+        self.kind = JobKind::V1(renamed);
+        Ok(())
+    }
+
+    /// Lets go of the directories without removing them: for the parent's copy after a fork
+    /// handed this job to a child, which now owns (and removes) them.
+    pub fn disown(mut self) {
+        self.dirs.clear();
     }
 }
 

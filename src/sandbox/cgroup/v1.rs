@@ -209,6 +209,18 @@ pub(crate) struct Job {
 }
 
 impl Job {
+    /// The same directories under another name.
+    pub(crate) fn renamed(&self, name: &str) -> Job {
+        let dir = |d: &PathBuf| d.with_file_name(name);
+        Job {
+            memory: dir(&self.memory),
+            pids: dir(&self.pids),
+            cpu: self.cpu.as_ref().map(dir),
+            cpuacct: self.cpuacct.as_ref().map(dir),
+            freezer: self.freezer.as_ref().map(dir),
+        }
+    }
+
     /// One entry per hierarchy (co-mounted controllers share a directory).
     fn distinct(&self) -> Vec<PathBuf> {
         let mut dirs: Vec<PathBuf> = Vec::new();
