@@ -326,7 +326,7 @@ impl Server {
             owner_uid: peer.uid,
             profile: profile.clone(),
             workspace: workspace.clone(),
-            sandbox_id: self.config.sandbox_uid_base,
+            sandbox_id,
             created_at,
             expires: Instant::now() + ttl,
             expires_at: created_at + ttl.as_secs(),
