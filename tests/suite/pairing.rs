@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::daemon::{Daemon, curl, http, my_uid};
+use super::daemon::{Daemon, curl, exit_of, http, my_uid};
 use super::harness::*;
 
 /// The daemon's clock offset, in seconds, written to the file it reads.
@@ -441,4 +441,57 @@ fn the_workspace_is_checked_at_issue_and_again_at_redemption() {
     let (status, v, _) = redeem(&d, code);
     assert_eq!(status, 201, "{v}");
     assert_eq!(metric(&d, "pairing_failures_total"), 0);
+}
+
+/// Host uid of the process whose command line contains `marker`, waiting for it to appear.
+fn host_uid_of(marker: &str) -> u32 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(line) = host_processes_with(marker).first() {
+            let pid = line.split(':').next().unwrap();
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+            return uid.split_whitespace().nth(1).unwrap().parse().unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "{marker} never ran");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sessions_paired_to_root_owned_workspaces_run_as_different_host_uids() {
+    if !root_only("sessions_paired_to_root_owned_workspaces_run_as_different_host_uids") {
+        return;
+    }
+    let (d, _clock) = daemon("");
+    let (a, b) = (Ws::new(), Ws::new());
+    let tokens: Vec<String> = [&a, &b]
+        .iter()
+        .map(|ws| {
+            let code = issue(&d, &["--workspace", &ws.path().display().to_string()]);
+            let (status, v, _) = redeem(&d, code["code"].as_str().unwrap());
+            assert_eq!(status, 201, "{v}");
+            v["token"].as_str().unwrap().to_string()
+        })
+        .collect();
+    // Each session's sandbox holds a distinct, non-root host uid, even though both
+    // workspaces are root's (shown to the sandbox through an idmapped mount).
+    let uids: Vec<u32> = std::thread::scope(|s| {
+        let jobs: Vec<_> = tokens
+            .iter()
+            .zip(["2.101", "2.202"])
+            .map(|(t, secs)| {
+                let d = &d;
+                s.spawn(move || d.exec(t, json!({"argv": ["/bin/sleep", secs]})))
+            })
+            .collect();
+        let uids = ["sleep 2.101", "sleep 2.202"].map(host_uid_of).to_vec();
+        for j in jobs {
+            let (status, events) = j.join().unwrap();
+            assert_eq!((status, &exit_of(&events)["code"]), (200, &json!(0)));
+        }
+        uids
+    });
+    assert!(uids.iter().all(|u| *u != 0), "{uids:?}");
+    assert_ne!(uids[0], uids[1], "two sessions' sandboxes share a host uid");
 }

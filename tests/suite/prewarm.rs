@@ -131,7 +131,11 @@ fn an_idle_daemon_keeps_only_a_few_parts_ready() {
     // The spawner is the daemon's child; cgroups built ahead carry its pid.
     let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", d.pid()))
         .unwrap_or_default();
-    let spawner = children.split_whitespace().next().expect("no spawner").to_string();
+    let spawner = children
+        .split_whitespace()
+        .next()
+        .expect("no spawner")
+        .to_string();
     // Idle for several of the spawner's 1 s poll rounds.
     std::thread::sleep(std::time::Duration::from_millis(3500));
     let ready = super::daemon::cgroups_named(&format!("-{spawner}-warm"));

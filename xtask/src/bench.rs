@@ -312,7 +312,10 @@ fn policy_latency() -> Result<()> {
         })
         .collect();
     let us = |d: Duration| format!("{:.1} µs", d.as_secs_f64() * 1e6);
-    println!("\n## Policy check per command ({} corpus commands)\n", commands.len());
+    println!(
+        "\n## Policy check per command ({} corpus commands)\n",
+        commands.len()
+    );
     println!("| median | p90 | p99 | max |");
     println!("|---|---|---|---|");
     let max = per_command.iter().max().copied().unwrap_or_default();
