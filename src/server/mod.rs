@@ -7,7 +7,8 @@
 //!
 //! Start order matters: config → `doctor` checks (refuse to start on a failure; they fork
 //! probes, so they run while the process has one thread) → stale cgroup sweep → spawner fork (the process still has one
-//! thread) → sockets → `PR_SET_DUMPABLE 0` → tokio runtime.
+//! thread; it keeps only `privilege::SPAWNER`) → sockets → audit log → `PR_SET_DUMPABLE 0`, no
+//! core dumps → keep only `privilege::API` (as root) → tokio runtime.
 
 pub mod api;
 pub mod approvals;
@@ -15,6 +16,7 @@ pub mod artifacts;
 pub mod auth;
 pub mod guard;
 pub mod listen;
+pub mod privilege;
 mod record;
 pub mod spawner;
 pub mod state;
@@ -57,6 +59,8 @@ pub enum ServeError {
     Runtime(#[source] std::io::Error),
     #[error("cannot open the audit log ([audit] path); the daemon does not run unaudited")]
     Audit(#[source] crate::audit::AuditError),
+    #[error("refusing to start with more capabilities than it needs")]
+    Privilege(#[source] privilege::PrivilegeError),
 }
 
 /// Everything the request handlers share.
@@ -379,6 +383,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
             .map(|(n, p)| (n.clone(), p.sandbox.clone()))
             .collect(),
         cgroup_parent: config.cgroup_parent.clone(),
+        keep_caps: am_root.then_some(privilege::SPAWNER),
     };
     let spawner = spawner::Spawner::start(ctx)?;
     let listeners = match listen::Listeners::open(&config) {
@@ -406,6 +411,17 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     let _ = sys::setrlimit(libc::RLIMIT_CORE, 0);
     if am_root {
         let _ = sys::prctl(libc::PR_SET_DUMPABLE, 0, 0);
+        // Sockets bound, audit log open, cgroups swept, spawner forked: from here on this
+        // process needs only what `privilege::API` lists. Still one thread, so it covers all.
+        if let Err(e) = privilege::keep_only(privilege::API, privilege::cap_last()) {
+            spawner.shutdown();
+            return Err(ServeError::Privilege(e));
+        }
+        tracing::info!(
+            api = ?privilege::names(privilege::mask(privilege::API)),
+            spawner = ?privilege::names(privilege::mask(privilege::SPAWNER)),
+            "dropped every other capability (effective, permitted, inheritable, ambient, bounding)"
+        );
     }
 
     let rt = tokio::runtime::Builder::new_multi_thread()

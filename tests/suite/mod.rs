@@ -5,6 +5,7 @@ mod daemon;
 mod doctor;
 mod harness;
 mod policy;
+mod privilege;
 mod run_policy;
 mod sandbox;
 mod tidy;
