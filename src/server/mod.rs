@@ -18,6 +18,7 @@ pub mod guard;
 pub mod listen;
 pub mod privilege;
 mod record;
+pub mod retain;
 pub mod spawner;
 pub mod state;
 
@@ -80,6 +81,8 @@ pub struct Server {
     pub approvals: approvals::Approvals,
     /// Recorded in `job_start`.
     pub cgroup_version: Option<u8>,
+    /// Output kept for jobs that run on after their client left (`on_disconnect = "detach"`).
+    pub retained: retain::Store,
 }
 
 /// Abuse accounting (one lock, held for microseconds).
@@ -341,6 +344,7 @@ impl Server {
                 .map(|s| s.id.clone())
                 .collect();
             self.approvals.end_sessions(&ids);
+            self.retained.end_sessions(&ids);
             ids.iter()
                 .filter_map(|i| st.sessions.remove(i))
                 .map(|s| s.workspace)
@@ -429,6 +433,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         .enable_all()
         .build()
         .map_err(ServeError::Runtime)?;
+    let retained = retain::Store::new(config.detach.clone());
     let srv = Arc::new(Server {
         config,
         spawner,
@@ -441,6 +446,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         audit,
         approvals: approvals::Approvals::default(),
         cgroup_version,
+        retained,
     });
     rt.block_on(run(srv.clone(), listeners));
     drop(rt);

@@ -708,7 +708,7 @@ fn concurrent_jobs_all_complete_with_every_byte_accounted_for() {
 // ---- life cycle --------------------------------------------------------------------------------
 
 /// Job cgroup directories whose name contains `needle`, in every cgroup hierarchy.
-fn cgroups_named(needle: &str) -> Vec<PathBuf> {
+pub(super) fn cgroups_named(needle: &str) -> Vec<PathBuf> {
     fn walk(dir: &Path, needle: &str, depth: usize, out: &mut Vec<PathBuf>) {
         if depth == 0 {
             return;

@@ -2,6 +2,7 @@ mod approvals;
 mod artifacts;
 mod audit;
 mod daemon;
+mod detach;
 mod doctor;
 mod harness;
 mod policy;
