@@ -81,7 +81,7 @@ pub const NAMES: &[&str] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum PrivilegeError {
-    #[error("cannot drop {} from the bounding set: {}", NAMES.get(*.cap as usize).copied().unwrap_or("a capability"), .errno.describe())]
+    #[error("cannot drop {} from the bounding set: {}; fix: start the daemon with CAP_SETPCAP (in systemd's CapabilityBoundingSet=), which it needs only for this step", NAMES.get(*.cap as usize).copied().unwrap_or("a capability"), .errno.describe())]
     BoundingDrop { cap: u32, errno: sys::Errno },
     #[error("cannot clear the ambient capability set: {}", .0.describe())]
     ClearAmbient(sys::Errno),
