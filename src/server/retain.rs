@@ -4,8 +4,10 @@
 //!
 //! Bounded three ways (`[detach]` in the config): bytes per job, per session and in total. An
 //! event that does not fit is dropped *and counted* (events and output bytes), and the counts
-//! are reported with the output; the final `exit` event is always kept (it is small: without the
-//! envelope). Output is forgotten `retention` after the job ended, or with its session.
+//! are reported with the output. The final `exit` event (small: without the envelope) may pass
+//! the per-job limit, never the session's or the total: a session cannot grow past its share
+//! by running many jobs (a dropped exit is still in `GET /v1/jobs/{id}`). Output is forgotten
+//! `retention` after the job ended, or with its session.
 //!
 //! Must never: decide who may read (the caller checks the job's scope first, like every job
 //! route), or grow past its limits.
@@ -93,9 +95,9 @@ impl Store {
     }
 
     /// Keeps one event line if it fits every limit, else counts it as dropped. `output_bytes`
-    /// is the stdout/stderr payload the event carries (0 for other events); `always` keeps it
-    /// regardless (the final `exit`).
-    pub fn push(&self, job: &str, line: Bytes, output_bytes: u64, always: bool) {
+    /// is the stdout/stderr payload the event carries (0 for other events); `last` (the final
+    /// `exit`) is kept past the per-job limit and after earlier drops, within the others.
+    pub fn push(&self, job: &str, line: Bytes, output_bytes: u64, last: bool) {
         let mut g = self.lock();
         let inner = &mut *g;
         let Some(b) = inner.jobs.get_mut(job) else {
@@ -103,12 +105,12 @@ impl Store {
         };
         let session_used = inner.per_session.get(&b.session).copied().unwrap_or(0);
         let n = line.len();
-        let fits = b.bytes + n <= self.limits.max_bytes_per_job
-            && session_used + n <= self.limits.max_bytes_per_session
+        let shared_fits = session_used + n <= self.limits.max_bytes_per_session
             && inner.total + n <= self.limits.max_bytes_total;
+        let job_fits = b.bytes + n <= self.limits.max_bytes_per_job && b.dropped_events == 0;
         // Once something was dropped, everything after it is too (but the exit): what is kept
         // is a prefix of the stream, never a stream with holes.
-        if !always && (!fits || b.dropped_events > 0) {
+        if !shared_fits || !(job_fits || last) {
             b.dropped_events += 1;
             b.dropped_output_bytes += output_bytes;
             return;
@@ -269,6 +271,12 @@ mod tests {
             2,
             "the big line and the rest dropped, exit kept"
         );
+        // A session at its limit keeps not even the exit of its next job (counted).
+        let full = store(100, 20, 1000);
+        full.start("k", "s");
+        full.push("k", Bytes::from(vec![b'{'; 20]), 0, false);
+        full.push("k", Bytes::from_static(b"{\"exit\":0}\n"), 0, true);
+        assert_eq!(full.read("k", 0).ok().unwrap().trailer["dropped_events"], 1);
         assert_eq!(&p.lines[0][..], b"{\"seq\":0,\"a\":1}\n");
         assert_eq!(&p.lines[1][..], b"{\"seq\":1,\"exit\":0}\n");
         assert_eq!(p.trailer["dropped_events"], 2);
