@@ -44,6 +44,7 @@ pub struct Config {
     /// First host uid of the per-session sandbox identities (root only).
     pub sandbox_uid_base: u32,
     pub limits: ServerLimits,
+    pub detach: DetachConfig,
     pub log_json: bool,
     pub sessions: SessionsConfig,
     pub pairing: PairingConfig,
@@ -73,6 +74,19 @@ pub struct PairingConfig {
     pub max_codes: usize,
     /// The longest `--ttl` an operator may give a code.
     pub max_ttl: Duration,
+}
+
+/// `[detach]`: what a client's disconnect does to its job, and the bounds on the output kept
+/// for jobs that go on without their client (`server::retain`).
+#[derive(Debug, Clone)]
+pub struct DetachConfig {
+    /// `default = "detach"`: requests that do not say `on_disconnect` detach.
+    pub default_detach: bool,
+    pub max_bytes_per_job: usize,
+    pub max_bytes_per_session: usize,
+    pub max_bytes_total: usize,
+    /// Retained output is forgotten this long after its job ended.
+    pub retention: Duration,
 }
 
 /// `[approvals]`: how long a request waits for an operator, and how many may wait.
@@ -176,6 +190,8 @@ pub struct RawConfig {
     sessions: RawSessions,
     #[serde(default)]
     pairing: RawPairing,
+    #[serde(default)]
+    detach: RawDetach,
 }
 
 #[derive(Deserialize, Default)]
@@ -194,6 +210,16 @@ struct RawPairing {
     alert_after: Option<u32>,
     max_codes: Option<usize>,
     max_ttl: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDetach {
+    default: Option<String>,
+    max_bytes_per_job: Option<String>,
+    max_bytes_per_session: Option<String>,
+    max_bytes_total: Option<String>,
+    retention: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -537,6 +563,47 @@ impl RawConfig {
                 "write e.g. \"10m\"",
             ));
         }
+        let d = self.detach;
+        let default_detach = match d.default.as_deref() {
+            None | Some("kill") => false,
+            Some("detach") => true,
+            Some(other) => {
+                return Err(invalid(
+                    "detach.default",
+                    format!("{other:?} is neither \"kill\" nor \"detach\""),
+                    "write default = \"kill\" (the job dies with its client) or \"detach\"",
+                ));
+            }
+        };
+        let detach = DetachConfig {
+            default_detach,
+            max_bytes_per_job: size("detach.max_bytes_per_job", d.max_bytes_per_job, 1 << 20)?
+                as usize,
+            max_bytes_per_session: size(
+                "detach.max_bytes_per_session",
+                d.max_bytes_per_session,
+                8 << 20,
+            )? as usize,
+            max_bytes_total: size("detach.max_bytes_total", d.max_bytes_total, 64 << 20)? as usize,
+            retention: dur("detach.retention", d.retention, Duration::from_secs(600))?,
+        };
+        if detach.max_bytes_per_job == 0
+            || detach.max_bytes_per_job > detach.max_bytes_per_session
+            || detach.max_bytes_per_session > detach.max_bytes_total
+        {
+            return Err(invalid(
+                "detach.max_bytes_per_job",
+                "the limits must satisfy 0 < per job <= per session <= total".into(),
+                "e.g. max_bytes_per_job = \"1MiB\", max_bytes_per_session = \"8MiB\", max_bytes_total = \"64MiB\"",
+            ));
+        }
+        if detach.retention.is_zero() || detach.retention > Duration::from_secs(7 * 86_400) {
+            return Err(invalid(
+                "detach.retention",
+                "must be above 0 and at most 7 days".into(),
+                "write e.g. \"10m\"",
+            ));
+        }
         let default_rotation = crate::audit::RotationPolicy::default();
         let audit = AuditConfig {
             path: absolute(
@@ -635,6 +702,7 @@ impl RawConfig {
             cgroup_parent: self.paths.cgroup_parent,
             sandbox_uid_base,
             limits,
+            detach,
             log_json: self.log.json,
             sessions: SessionsConfig {
                 require_pairing: self.sessions.require_pairing,
@@ -670,6 +738,31 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, "test.toml")
+    }
+
+    #[test]
+    fn detach_limits_are_validated() {
+        let c = parse("[allow]\nuids=[1]\n").unwrap();
+        assert!(!c.detach.default_detach);
+        assert_eq!(c.detach.max_bytes_per_job, 1 << 20);
+        let c =
+            parse("[allow]\nuids=[1]\n[detach]\ndefault=\"detach\"\nretention=\"2s\"\n").unwrap();
+        assert!(c.detach.default_detach);
+        assert_eq!(c.detach.retention, Duration::from_secs(2));
+        for bad in [
+            "default=\"keep\"",
+            "max_bytes_per_job=\"16MiB\"",
+            "retention=\"0s\"",
+            "max_bytes_total=\"1KiB\"",
+        ] {
+            let e = parse(&format!("[allow]\nuids=[1]\n[detach]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("key `detach.") && e.contains("fix:"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

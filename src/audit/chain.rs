@@ -124,6 +124,12 @@ pub enum Event {
         namespaces: Vec<String>,
         cgroup_version: Option<u8>,
     },
+    /// The job's client disconnected and the job went on (`on_disconnect = "detach"`); its
+    /// output is retained for the session.
+    JobDetached {
+        job: String,
+        session: String,
+    },
     JobExit {
         job: String,
         code: Option<i32>,

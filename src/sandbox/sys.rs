@@ -570,15 +570,22 @@ const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 /// Clears the effective, permitted and inheritable capability sets (`capset(2)`).
 pub fn clear_capabilities() -> SysResult<()> {
+    set_capabilities(0, 0, 0)
+}
+
+/// Sets the effective, permitted and inheritable capability sets of the calling thread to
+/// these masks (bit N = capability N; `capset(2)`, version 3). Async-signal-safe.
+pub fn set_capabilities(effective: u64, permitted: u64, inheritable: u64) -> SysResult<()> {
     let mut header = CapHeader {
         version: LINUX_CAPABILITY_VERSION_3,
         pid: 0,
     };
-    let data = [CapData {
-        effective: 0,
-        permitted: 0,
-        inheritable: 0,
-    }; 2];
+    let half = |m: u64, hi: bool| if hi { (m >> 32) as u32 } else { m as u32 };
+    let data = [false, true].map(|hi| CapData {
+        effective: half(effective, hi),
+        permitted: half(permitted, hi),
+        inheritable: half(inheritable, hi),
+    });
     // SAFETY: header and two data structs, as capset v3 expects.
     check(unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) }).map(drop)
 }

@@ -52,6 +52,7 @@ pub const ROUTES: &[(Socket, &str, &str)] = &[
     (Socket::Agent, "GET", "/v1/jobs"),
     (Socket::Agent, "GET", "/v1/jobs/{id}"),
     (Socket::Agent, "DELETE", "/v1/jobs/{id}"),
+    (Socket::Agent, "GET", "/v1/jobs/{id}/output"),
     (Socket::Agent, "GET", "/v1/artifacts/{file_id}"),
     (Socket::Operator, "GET", "/v1/sessions"),
     (Socket::Operator, "GET", "/v1/approvals"),
@@ -214,9 +215,16 @@ async fn route(
             let caller = srv.authenticate(peer, req.headers())?;
             match method {
                 Method::GET => {
-                    let st = srv.state();
-                    let job = st.job_for(&caller, id).ok_or_else(ApiError::not_found)?;
-                    Ok(ok_json(StatusCode::OK, job.view()))
+                    let mut view = {
+                        let st = srv.state();
+                        st.job_for(&caller, id)
+                            .ok_or_else(ApiError::not_found)?
+                            .view()
+                    };
+                    if let Some(o) = view.as_object_mut() {
+                        o.insert("retained_output".into(), srv.retained.describe(id));
+                    }
+                    Ok(ok_json(StatusCode::OK, view))
                 }
                 Method::DELETE => {
                     let cancel = {
@@ -241,6 +249,13 @@ async fn route(
                 _ => Err(method_not_allowed()),
             }
         }
+        (Socket::Agent, ["v1", "jobs", id, "output"]) => match method {
+            Method::GET => {
+                let caller = srv.authenticate(peer, req.headers())?;
+                retained_output(srv, &caller, id, req.uri().query())
+            }
+            _ => Err(method_not_allowed()),
+        },
         (Socket::Agent, ["v1", "artifacts", id]) => match method {
             Method::GET => {
                 let id = id.to_string();
@@ -321,6 +336,49 @@ fn method_not_allowed() -> ApiError {
         "method_not_allowed",
         "this method is not allowed on this path; see docs/openapi.yaml",
     )
+}
+
+/// `GET /v1/jobs/{id}/output[?cursor=N]`: the output retained for a job that ran with
+/// `on_disconnect = "detach"`, from event `cursor` on, then an `output_end` trailer (where to
+/// resume, whether the job ended, what the limits dropped). Same scope rule as every job route.
+fn retained_output(
+    srv: &Server,
+    caller: &str,
+    job: &str,
+    query: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
+    let cursor = match query_param(query, "cursor") {
+        None => 0,
+        Some(c) => c.parse::<usize>().map_err(|_| {
+            ApiError::bad("cursor must be a number (the `next_cursor` of an earlier reply)")
+        })?,
+    };
+    if srv.state().job_for(caller, job).is_none() {
+        return Err(ApiError::not_found());
+    }
+    let page = srv.retained.read(job, cursor).map_err(|e| match e {
+        super::retain::ReadError::Expired => ApiError::new(
+            StatusCode::GONE,
+            "output_expired",
+            "the job's retained output was dropped after detach.retention",
+        ),
+        super::retain::ReadError::NotRetained => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no output is retained for this job: only jobs started with \"on_disconnect\": \"detach\" keep it",
+        ),
+    })?;
+    let mut body = Vec::new();
+    for l in &page.lines {
+        body.extend_from_slice(l);
+    }
+    body.extend_from_slice(&ndjson(page.trailer));
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    Ok(r)
 }
 
 /// Writes cancel requests into a job's cancel pipe (non-blocking: the pipe has room for far
@@ -847,6 +905,7 @@ async fn delete_session(
             }
         }
         srv.approvals.end_sessions(&doomed);
+        srv.retained.end_sessions(&doomed);
         let mut workspaces = vec![];
         for s in &doomed {
             if let Some(sess) = st.sessions.remove(s)
@@ -919,6 +978,17 @@ struct ExecBody {
     /// Also return the combined output in the `exit` event between nonce markers.
     #[serde(default)]
     envelope: bool,
+    /// What the client's disconnect does to the job (default: `[detach] default`).
+    on_disconnect: Option<OnDisconnect>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum OnDisconnect {
+    /// The job is killed (its whole cgroup).
+    Kill,
+    /// The job goes on; its output is retained for `GET /v1/jobs/{id}/output`.
+    Detach,
 }
 
 /// The PATH inside the sandbox (`execbox run` uses the same).
@@ -1124,6 +1194,10 @@ async fn exec(
         limits,
         sandbox_id,
         stdin,
+        detach: match body.on_disconnect {
+            Some(o) => o == OnDisconnect::Detach,
+            None => srv.config.detach.default_detach,
+        },
         allow_degraded: profile
             .sandbox
             .allow_degraded
@@ -1201,6 +1275,8 @@ struct Prepared {
     limits: crate::profile::Limits,
     sandbox_id: u32,
     stdin: Option<Vec<u8>>,
+    /// `on_disconnect = "detach"`: the job outlives its client and its output is retained.
+    detach: bool,
     allow_degraded: Vec<String>,
     /// The output guard for this job's streams (issue 6).
     guard: OutputGuard,
@@ -1492,6 +1568,7 @@ async fn launch(
         allow_degraded,
         guard,
         artifacts,
+        detach,
         ..
     } = job;
     // Pipes: output and result come back to us; cancel and stdin go to the job.
@@ -1632,8 +1709,12 @@ async fn launch(
             }
         });
     }
+    if detach {
+        srv.retained.start(&job_id, &caller);
+    }
     let relay = Relay {
         srv: srv.clone(),
+        detach: detach.then(|| caller.clone()),
         job: job_id,
         tx: tx.clone(),
         cancel: cancel_w,
@@ -1718,6 +1799,9 @@ fn environment(extra: &BTreeMap<String, String>) -> Result<Vec<(String, String)>
 /// goes away.
 struct Relay {
     srv: Arc<Server>,
+    /// `Some(session)`: the job outlives its client (`on_disconnect = "detach"`) and every
+    /// event is retained (`server::retain`).
+    detach: Option<String>,
     job: String,
     tx: mpsc::Sender<Bytes>,
     cancel: Arc<std::os::fd::OwnedFd>,
@@ -1772,8 +1856,7 @@ impl Relay {
                 },
                 _ = self.tx.closed(), if !client_gone => {
                     client_gone = true;
-                    tracing::info!(job = %self.job, "client disconnected; killing the job");
-                    cancel_job(&self.cancel, true);
+                    self.client_left();
                 }
             }
         }
@@ -1852,6 +1935,18 @@ impl Relay {
         if let Some(o) = kept.as_object_mut() {
             o.remove("envelope");
         }
+        if self.detach.is_some() {
+            // Always kept (small without the envelope): the retained stream ends with it.
+            self.srv
+                .retained
+                .push(&self.job, ndjson(kept.clone()), 0, true);
+            self.srv.retained.ended(&self.job);
+            let srv = self.srv.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(srv.retained.retention()).await;
+                srv.retained.expire_due();
+            });
+        }
         self.srv
             .state()
             .finish(&self.job, JobState::Finished, kept, keep);
@@ -1865,22 +1960,45 @@ impl Relay {
         if data.is_empty() {
             return;
         }
-        self.emit(
-            gone,
-            serde_json::json!({"event": stream, "data_b64": B64.encode(data)}),
-        )
-        .await;
+        let n = data.len() as u64;
+        let v = serde_json::json!({"event": stream, "data_b64": B64.encode(data)});
+        self.emit_line(gone, ndjson(v), n).await;
     }
 
     async fn emit(&self, gone: &mut bool, v: serde_json::Value) {
+        self.emit_line(gone, ndjson(v), 0).await;
+    }
+
+    /// Sends one event to the client (while it is there) and, for a detached-mode job, keeps
+    /// it; `output_bytes` is the stdout/stderr payload it carries (counted if it is dropped).
+    async fn emit_line(&self, gone: &mut bool, line: Bytes, output_bytes: u64) {
+        if self.detach.is_some() {
+            self.srv
+                .retained
+                .push(&self.job, line.clone(), output_bytes, false);
+        }
         if *gone {
             return;
         }
-        if self.tx.send(ndjson(v)).await.is_err() {
+        if self.tx.send(line).await.is_err() {
             *gone = true;
+            self.client_left();
+        }
+    }
+
+    /// The client went away mid-stream: kill the job, or (detach) let it run on, on the record.
+    fn client_left(&self) {
+        let Some(session) = &self.detach else {
             tracing::info!(job = %self.job, "client disconnected; killing the job");
             cancel_job(&self.cancel, true);
-        }
+            return;
+        };
+        tracing::info!(job = %self.job, session = %session, "client disconnected; the job goes on (on_disconnect = detach)");
+        self.srv.retained.detached(&self.job);
+        self.srv.record_detached(Event::JobDetached {
+            job: self.job.clone(),
+            session: session.clone(),
+        });
     }
 }
 

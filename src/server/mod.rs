@@ -7,7 +7,8 @@
 //!
 //! Start order matters: config → `doctor` checks (refuse to start on a failure; they fork
 //! probes, so they run while the process has one thread) → stale cgroup sweep → spawner fork (the process still has one
-//! thread) → sockets → `PR_SET_DUMPABLE 0` → tokio runtime.
+//! thread; it keeps only `privilege::SPAWNER`) → sockets → audit log → `PR_SET_DUMPABLE 0`, no
+//! core dumps → keep only `privilege::API` (as root) → tokio runtime.
 
 pub mod api;
 pub mod approvals;
@@ -16,7 +17,9 @@ pub mod auth;
 pub mod guard;
 pub mod listen;
 pub mod pairing;
+pub mod privilege;
 mod record;
+pub mod retain;
 pub mod spawner;
 pub mod state;
 
@@ -58,6 +61,8 @@ pub enum ServeError {
     Runtime(#[source] std::io::Error),
     #[error("cannot open the audit log ([audit] path); the daemon does not run unaudited")]
     Audit(#[source] crate::audit::AuditError),
+    #[error("refusing to start with more capabilities than it needs")]
+    Privilege(#[source] privilege::PrivilegeError),
 }
 
 /// Everything the request handlers share.
@@ -79,6 +84,8 @@ pub struct Server {
     pub cgroup_version: Option<u8>,
     /// Outstanding pairing codes and the guessing accounting (`docs/pairing.md`).
     pub pairing: pairing::Pairing,
+    /// Output kept for jobs that run on after their client left (`on_disconnect = "detach"`).
+    pub retained: retain::Store,
 }
 
 /// Abuse accounting (one lock, held for microseconds).
@@ -359,6 +366,7 @@ impl Server {
                 .map(|s| s.id.clone())
                 .collect();
             self.approvals.end_sessions(&ids);
+            self.retained.end_sessions(&ids);
             ids.iter()
                 .filter_map(|i| st.sessions.remove(i))
                 .filter(|s| !s.keep_workspace)
@@ -402,6 +410,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
             .map(|(n, p)| (n.clone(), p.sandbox.clone()))
             .collect(),
         cgroup_parent: config.cgroup_parent.clone(),
+        keep_caps: am_root.then_some(privilege::SPAWNER),
     };
     let spawner = spawner::Spawner::start(ctx)?;
     let listeners = match listen::Listeners::open(&config) {
@@ -429,6 +438,17 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     let _ = sys::setrlimit(libc::RLIMIT_CORE, 0);
     if am_root {
         let _ = sys::prctl(libc::PR_SET_DUMPABLE, 0, 0);
+        // Sockets bound, audit log open, cgroups swept, spawner forked: from here on this
+        // process needs only what `privilege::API` lists. Still one thread, so it covers all.
+        if let Err(e) = privilege::keep_only(privilege::API, privilege::cap_last()) {
+            spawner.shutdown();
+            return Err(ServeError::Privilege(e));
+        }
+        tracing::info!(
+            api = ?privilege::names(privilege::mask(privilege::API)),
+            spawner = ?privilege::names(privilege::mask(privilege::SPAWNER)),
+            "dropped every other capability (effective, permitted, inheritable, ambient, bounding)"
+        );
     }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -436,6 +456,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         .enable_all()
         .build()
         .map_err(ServeError::Runtime)?;
+    let retained = retain::Store::new(config.detach.clone());
     let srv = Arc::new(Server {
         config,
         spawner,
@@ -449,6 +470,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         approvals: approvals::Approvals::default(),
         cgroup_version,
         pairing: pairing::Pairing::new(pairing::clock::from_env()),
+        retained,
     });
     rt.block_on(run(srv.clone(), listeners));
     drop(rt);

@@ -67,6 +67,7 @@ fn event_kind(e: &Event) -> &'static str {
         Event::ApprovalExpired(_) => "approval_expired",
         Event::ApprovalWithdrawn(_) => "approval_withdrawn",
         Event::JobStart { .. } => "job_start",
+        Event::JobDetached { .. } => "job_detached",
         Event::JobExit { .. } => "job_exit",
         Event::ConfigReload { .. } => "config_reload",
         Event::Alert { .. } => "alert",

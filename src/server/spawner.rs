@@ -169,6 +169,9 @@ pub struct JobFds {
 pub struct SpawnerContext {
     pub profiles: Vec<(String, SandboxProfile)>,
     pub cgroup_parent: Option<PathBuf>,
+    /// As root: the capabilities the spawner (and every supervisor) keeps; it drops the rest
+    /// before it reads a request (`server::privilege`).
+    pub keep_caps: Option<&'static [u32]>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +184,8 @@ pub enum SpawnerError {
     Send(#[source] std::io::Error),
     #[error("cannot encode the job request")]
     Encode(#[source] serde_json::Error),
+    #[error("the spawner could not drop its capabilities (its log line says why)")]
+    Privilege,
 }
 
 /// The daemon's handle on the spawner.
@@ -195,13 +200,31 @@ impl Spawner {
         let (ours, theirs) = UnixStream::pair().map_err(SpawnerError::Socket)?;
         let parent = sys::getpid();
         let ours_raw = ours.as_raw_fd();
+        let cap_last = super::privilege::cap_last();
         let pid = sys::fork_single_threaded(|| {
             // The daemon's end is not ours to hold: EOF must reach us when the daemon closes it.
             sys::close(ours_raw);
+            // No core dumps (the daemon sets its own after this fork): supervisors hold jobs'
+            // requests and pipes. Jobs set their own RLIMIT_CORE 0 as well.
+            let _ = sys::setrlimit(libc::RLIMIT_CORE, 0);
+            // Keep only what jobs need before touching any request; tell the daemon either way.
+            if let Some(keep) = ctx.keep_caps
+                && let Err(e) = super::privilege::keep_only(keep, cap_last)
+            {
+                tracing::error!(error = %e, "spawner: refusing to run with more capabilities than it needs");
+                let _ = (&theirs).write_all(b"E");
+                sys::exit(1);
+            }
+            let _ = (&theirs).write_all(b"R");
             spawner_main(&theirs, parent, &ctx)
         })
         .map_err(|e| SpawnerError::Fork(e.describe()))?;
         drop(theirs);
+        let mut ready = [0u8; 1];
+        if !matches!(std::io::Read::read(&mut &ours, &mut ready), Ok(1)) || ready[0] != b'R' {
+            let _ = sys::waitpid(pid);
+            return Err(SpawnerError::Privilege);
+        }
         Ok(Spawner {
             sock: Mutex::new(ours),
             pid,

@@ -6,13 +6,21 @@ use serde_json::json;
 use super::daemon::{Daemon, exit_of, output};
 use super::harness::*;
 
-/// Network namespace of a daemon job, its loopback probed (UDP to itself on 127.0.0.1).
-fn job_netns(d: &Daemon, token: &str) -> String {
-    let probe = "import os, socket\n\
+/// Network namespace of a daemon job, its loopback probed (UDP to itself on 127.0.0.1), and
+/// whether the job's own user namespace owns it (false: built ahead by the spawner, as root).
+fn job_netns(d: &Daemon, token: &str) -> (String, bool) {
+    // NS_GET_USERNS: the user namespace that owns a namespace; EPERM when that one is outside
+    // the caller's (the initial one, for a namespace host root built).
+    let probe = "import fcntl, os, socket\n\
                  s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
                  s.bind(('127.0.0.1', 0)); s.sendto(b'x', s.getsockname())\n\
                  assert s.recv(1) == b'x'\n\
-                 print(os.readlink('/proc/self/ns/net'), flush=True)\n\
+                 try:\n\
+                 \x20   owner = fcntl.ioctl(os.open('/proc/self/ns/net', os.O_RDONLY), 0xb701)\n\
+                 \x20   own = os.fstat(owner).st_ino == os.stat('/proc/self/ns/user').st_ino\n\
+                 except PermissionError:\n\
+                 \x20   own = False\n\
+                 print(os.readlink('/proc/self/ns/net'), own, flush=True)\n\
                  import time; time.sleep(1)";
     let (status, events) = d.exec(token, json!({"argv": ["/usr/bin/python3", "-c", probe]}));
     assert_eq!(status, 200);
@@ -23,7 +31,9 @@ fn job_netns(d: &Daemon, token: &str) -> String {
         "{exit} {}",
         text(&output(&events, "stderr"))
     );
-    text(&output(&events, "stdout")).trim().to_string()
+    let out = text(&output(&events, "stdout"));
+    let (ns, own) = out.trim().split_once(' ').expect("probe output");
+    (ns.to_string(), own == "True")
 }
 
 #[test]
@@ -38,10 +48,22 @@ fn every_daemon_job_gets_a_network_namespace_no_other_job_had() {
     // meaningful among jobs alive together: more at once than the spawner keeps ready, twice
     // (the second round after it refilled).
     for round in 0..2 {
-        let seen: Vec<String> = std::thread::scope(|s| {
+        let probed: Vec<(String, bool)> = std::thread::scope(|s| {
             let jobs: Vec<_> = (0..5).map(|_| s.spawn(|| job_netns(&d, &token))).collect();
             jobs.into_iter().map(|j| j.join().unwrap()).collect()
         });
+        let seen: Vec<String> = probed.iter().map(|(ns, _)| ns.clone()).collect();
+        // As root the spawner had some ready (built by host root: not owned by the job's user
+        // namespace); unprivileged it cannot build them and every job makes its own.
+        let ahead = probed.iter().filter(|(_, own)| !own).count();
+        if is_root() {
+            assert!(
+                ahead > 0,
+                "round {round}: no job got a namespace built ahead"
+            );
+        } else {
+            assert_eq!(ahead, 0, "an unprivileged spawner handed out a namespace");
+        }
         for (i, ns) in seen.iter().enumerate() {
             assert!(ns.starts_with("net:["), "{ns}");
             assert_ne!(*ns, host, "a job ran in the host's network namespace");
@@ -50,7 +72,7 @@ fn every_daemon_job_gets_a_network_namespace_no_other_job_had() {
                 "round {round}: two live jobs shared {ns}: {seen:?}"
             );
         }
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        std::thread::sleep(std::time::Duration::from_millis(500));
     }
 }
 
