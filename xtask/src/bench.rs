@@ -278,55 +278,16 @@ fn throughput(exe: &str, ws: &str, bytes: u64, sock: &str) -> Result<()> {
     Ok(())
 }
 
-/// Policy check time per command, in process: every line of `tests/corpus/policy.tsv` (the
-/// dangerous and benign commands the detection rates are measured on) against the embedded
-/// default profile. The criterion bench (`cargo bench --bench policy`) has the per-command
-/// and adversarial-input figures; this is the corpus-wide distribution.
+/// Policy check time per command over the detection corpus: `examples/policy_corpus.rs`, built
+/// in release like the binary (xtask itself is a debug build).
 fn policy_latency() -> Result<()> {
-    use execbox::policy::{Command as PolicyCommand, Context};
-    let corpus = std::fs::read_to_string(project_root().join("tests/corpus/policy.tsv"))?;
-    let commands: Vec<String> = corpus
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| l.split_once('\t').map(|(_, c)| c.replace('⏎', "\n")))
-        .collect();
-    let policy = execbox::profile::Profile::embedded_default()?.policy;
-    let ctx = Context {
-        workspace: "/workspace".into(),
-        home: Some("/home/agent".into()),
-    };
-    // Per command: the best of a few runs of 20 checks (noise only ever adds time).
-    let mut per_command: Vec<Duration> = commands
-        .iter()
-        .map(|c| {
-            (0..5)
-                .map(|_| {
-                    let t = Instant::now();
-                    for _ in 0..20 {
-                        std::hint::black_box(policy.check(PolicyCommand::Shell(c), &ctx));
-                    }
-                    t.elapsed() / 20
-                })
-                .min()
-                .unwrap_or_default()
-        })
-        .collect();
-    let us = |d: Duration| format!("{:.1} µs", d.as_secs_f64() * 1e6);
-    println!(
-        "\n## Policy check per command ({} corpus commands)\n",
-        commands.len()
-    );
-    println!("| median | p90 | p99 | max |");
-    println!("|---|---|---|---|");
-    let max = per_command.iter().max().copied().unwrap_or_default();
-    println!(
-        "| {} | {} | {} | {} |",
-        us(pct(&mut per_command, 0.5)),
-        us(pct(&mut per_command, 0.9)),
-        us(pct(&mut per_command, 0.99)),
-        us(max)
-    );
-    Ok(())
+    crate::run_cmd(Command::new("cargo").args([
+        "run",
+        "--quiet",
+        "--release",
+        "--example",
+        "policy_corpus",
+    ]))
 }
 
 fn describe_machine() {
