@@ -4,6 +4,7 @@ mod audit;
 mod daemon;
 mod detach;
 mod doctor;
+mod faults;
 mod harness;
 mod pairing;
 mod policy;

@@ -668,13 +668,13 @@ fn no_job_cgroups_are_left_behind() {
 
 /// A fresh cgroup created in every hierarchy we may write to, below the delegated parent the
 /// environment names (EXECBOX_CGROUP_PARENT) or the root.
-struct TestCgroupParent {
-    relative: std::path::PathBuf,
-    dirs: Vec<std::path::PathBuf>,
+pub(super) struct TestCgroupParent {
+    pub(super) relative: std::path::PathBuf,
+    pub(super) dirs: Vec<std::path::PathBuf>,
 }
 
 impl TestCgroupParent {
-    fn new() -> TestCgroupParent {
+    pub(super) fn new() -> TestCgroupParent {
         let base = std::env::var("EXECBOX_CGROUP_PARENT").unwrap_or_default();
         let name = format!(
             "execbox-test-{}-{}",
@@ -706,7 +706,7 @@ impl TestCgroupParent {
         TestCgroupParent { relative, dirs }
     }
 
-    fn children(&self) -> Vec<String> {
+    pub(super) fn children(&self) -> Vec<String> {
         self.dirs
             .iter()
             .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())

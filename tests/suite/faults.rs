@@ -1,0 +1,287 @@
+//! Fault injection against the real daemon: SIGKILL of the daemon and of its spawner with jobs
+//! running, a client killed mid-stream, jobs that close their output or ignore SIGTERM, process
+//! storms, and cgroup removal racing with process exit. Each case asserts the safe outcome next
+//! to a control showing the probe sees what it should (docs/reliability.md lists them).
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::daemon::{Daemon, cgroups_named, exec_on, exit_of, http, output};
+use super::harness::*;
+use super::sandbox::TestCgroupParent;
+
+/// Polls `cond` every 20 ms until it holds; panics with `what` after `limit`.
+#[track_caller]
+pub(super) fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < limit, "{what} (waited {limit:?})");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `POST /v1/exec` on a thread; the stream's raw bytes, however the connection ends (a killed
+/// daemon cuts it mid-chunk, which the parsing helpers would not accept).
+fn exec_raw(sock: &Path, token: &str, body: Value) -> std::thread::JoinHandle<Vec<u8>> {
+    let sock = sock.to_path_buf();
+    let token = token.to_string();
+    std::thread::spawn(move || {
+        let mut s = UnixStream::connect(sock).unwrap();
+        let body = body.to_string();
+        write!(
+            s,
+            "POST /v1/exec HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        raw
+    })
+}
+
+/// `POST /v1/exec` on a thread, with the parsed events.
+fn exec_async(sock: &Path, token: &str, body: Value) -> std::thread::JoinHandle<(u16, Vec<Value>)> {
+    let sock = sock.to_path_buf();
+    let token = token.to_string();
+    std::thread::spawn(move || exec_on(&sock, &token, body))
+}
+
+/// Ids of the session's running jobs.
+fn running_jobs(d: &Daemon, token: &str) -> Vec<String> {
+    let (_, list) = d.json("GET", "/v1/jobs", Some(token), None);
+    list["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["state"] == "running")
+        .map(|j| j["job"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Pids whose parent is `ppid`.
+fn children_of(ppid: u32) -> Vec<u32> {
+    let mut out = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid …: comm may hold spaces, so parse after the last ')'.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        if after.split(' ').nth(1).and_then(|p| p.parse().ok()) == Some(ppid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn kill(pid: u32, sig: &str) {
+    let st = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success(), "kill -{sig} {pid}");
+}
+
+fn audit_verify(log: &Path) -> std::process::Output {
+    Command::new(&*EXECBOX)
+        .args(["audit", "verify", "--log"])
+        .arg(log)
+        .output()
+        .unwrap()
+}
+
+/// A second `execbox serve` on the config `d` was started with (after `d`'s process died);
+/// stopped with SIGTERM on drop.
+struct Restarted {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Restarted {
+    fn start(d: &Daemon) -> Restarted {
+        let log = d.dir.path().join("log.restarted");
+        let child = Command::new(&*EXECBOX)
+            .args(["serve", "--config"])
+            .arg(d.dir.path().join("execbox.toml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let r = Restarted { child, log };
+        let t = Instant::now();
+        while UnixStream::connect(d.agent()).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the daemon did not restart: {}",
+                r.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        r
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Restarted {
+    fn drop(&mut self) {
+        kill(self.child.id(), "TERM");
+        let _ = self.child.wait();
+    }
+}
+
+// ---- the daemon killed -------------------------------------------------------------------------
+
+#[test]
+fn a_sigkilled_daemon_takes_its_sandboxes_along_and_the_next_start_sweeps_their_cgroups() {
+    // Our own cgroup parent: `execbox run`s of parallel tests sweep stale jobs below theirs.
+    let parent = TestCgroupParent::new();
+    let d = Daemon::start_in_cgroup(&parent.relative, "");
+    let (_, token) = d.session();
+    // Each job: a background process and a foreground one, both carrying the marker.
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            exec_raw(
+                &d.agent(),
+                &token,
+                json!({"argv": ["/bin/sh", "-c", "sleep 4331.5 & sleep 4331.5; :"]}),
+            )
+        })
+        .collect();
+    wait_until(Duration::from_secs(20), "jobs did not start", || {
+        host_processes_with("4331.5").len() >= 6
+    });
+    let jobs = running_jobs(&d, &token);
+    assert_eq!(jobs.len(), 3, "{jobs:?}");
+    // Control: the probe sees each job's cgroup while it runs.
+    for j in &jobs {
+        assert!(!cgroups_named(j).is_empty(), "no cgroup found for {j}");
+    }
+
+    kill(d.pid(), "KILL");
+    // No orphans: the spawner, the supervisors and each sandbox's pid 1 die by their
+    // parent-death signal, and with pid 1 the kernel kills its whole pid namespace.
+    wait_until(
+        Duration::from_secs(5),
+        "sandboxes outlived the daemon",
+        || host_processes_with("4331.5").is_empty(),
+    );
+    for c in clients {
+        let _ = c.join();
+    }
+    // Nothing could remove the (now empty) job cgroups: they are the next start's to sweep.
+    for j in &jobs {
+        assert!(
+            !cgroups_named(j).is_empty(),
+            "{j}'s cgroup vanished without a sweep: the assertion below would prove nothing"
+        );
+    }
+
+    // The audit log as the SIGKILL left it verifies (every append is whole or absent).
+    let log = d.dir.path().join("audit.jsonl");
+    let o = audit_verify(&log);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    // A SIGKILL in the middle of an append would leave a torn last line: verify must not call
+    // that a good chain (it cannot tell a crash from a truncation), and says where it is.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all(br#"{"seq":999999,"ts":"2026-01-01T00:00:00.000Z","type":"job_st"#)
+        .unwrap();
+    drop(f);
+    let o = audit_verify(&log);
+    assert_ne!(o.status.code(), Some(0), "a torn record verified");
+    assert!(text(&o.stderr).contains("truncated"), "{}", text(&o.stderr));
+
+    // The next start cuts the torn record off (on the record), sweeps the stale cgroups and
+    // serves.
+    let r = Restarted::start(&d);
+    for j in &jobs {
+        assert!(
+            cgroups_named(j).is_empty(),
+            "stale cgroup of {j} survived the restart: {:?}\n{}",
+            cgroups_named(j),
+            r.log()
+        );
+    }
+    assert!(
+        r.log().contains("removed a stale job cgroup"),
+        "{}",
+        r.log()
+    );
+    let (_, token) = d.session();
+    let (_, events) = d.exec(&token, json!({"argv": ["/bin/echo", "alive"]}));
+    assert_eq!(output(&events, "stdout"), b"alive\n");
+    let o = audit_verify(&log);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let records = std::fs::read_to_string(&log).unwrap();
+    assert!(records.contains("torn_record_removed"), "{records}");
+}
+
+#[test]
+fn a_sigkilled_spawner_takes_the_sandboxes_along_and_the_daemon_stops_for_a_restart() {
+    let parent = TestCgroupParent::new();
+    let d = Daemon::start_in_cgroup(&parent.relative, "");
+    let (_, token) = d.session();
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            exec_async(
+                &d.agent(),
+                &token,
+                json!({"argv": ["/bin/sh", "-c", "sleep 4332.5 & sleep 4332.5; :"]}),
+            )
+        })
+        .collect();
+    wait_until(Duration::from_secs(20), "jobs did not start", || {
+        host_processes_with("4332.5").len() >= 4
+    });
+    let jobs = running_jobs(&d, &token);
+    // The spawner is the daemon's only child process.
+    let spawner = children_of(d.pid());
+    assert_eq!(spawner.len(), 1, "{spawner:?}");
+    // Control: the supervisors are the spawner's children.
+    assert_eq!(children_of(spawner[0]).len(), 2);
+
+    kill(spawner[0], "KILL");
+    wait_until(
+        Duration::from_secs(5),
+        "sandboxes outlived the spawner",
+        || host_processes_with("4332.5").is_empty(),
+    );
+    // Each client hears that its job was lost, not a made-up exit code of the command.
+    for c in clients {
+        let (status, events) = c.join().unwrap();
+        assert_eq!(status, 200);
+        let exit = exit_of(&events);
+        assert_eq!(exit["reason"], "lost", "{exit}");
+        assert_eq!(exit["code"], 137, "{exit}");
+    }
+    // Without its spawner the daemon cannot run a job: it stops with a failure status (the
+    // service manager restarts it), instead of answering every job with an error.
+    let pid = d.pid();
+    wait_until(Duration::from_secs(10), "the daemon kept running", || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s[s.rfind(')').unwrap() + 2..].starts_with('Z'))
+            .unwrap_or(true)
+    });
+    assert!(d.log().contains("spawner"), "{}", d.log());
+    let r = Restarted::start(&d);
+    for j in &jobs {
+        assert!(cgroups_named(j).is_empty(), "{j}: {}", r.log());
+    }
+    let (_, token) = d.session();
+    let (_, events) = d.exec(&token, json!({"argv": ["/bin/echo", "alive"]}));
+    assert_eq!(output(&events, "stdout"), b"alive\n");
+    let o = audit_verify(&d.dir.path().join("audit.jsonl"));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+}
