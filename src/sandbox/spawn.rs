@@ -659,7 +659,9 @@ fn push_fd(fds: &mut Vec<libc::pollfd>, fd: RawFd) -> usize {
 fn kill_job(child: &sys::Child, cgroup: Option<&JobCgroup>) {
     let _ = sys::pidfd_kill(child.pidfd.as_fd(), libc::SIGKILL);
     if let Some(cg) = cgroup {
-        let _ = cg.kill();
+        // pid 1 is dying, and with it the namespace: no fork race, so no freezing (we may be
+        // killed ourselves at any moment, and a frozen job would outlive us).
+        let _ = cg.kill_without_freezing();
     }
 }
 

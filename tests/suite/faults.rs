@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::daemon::{Daemon, cgroups_named, exec_on, exit_of, http, output};
+use super::daemon::{Daemon, cgroups_named, exec_on, exit_of, output};
 use super::harness::*;
 use super::sandbox::TestCgroupParent;
 
@@ -284,4 +284,258 @@ fn a_sigkilled_spawner_takes_the_sandboxes_along_and_the_daemon_stops_for_a_rest
     assert_eq!(output(&events, "stdout"), b"alive\n");
     let o = audit_verify(&d.dir.path().join("audit.jsonl"));
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+}
+
+// ---- clients and jobs that misbehave -----------------------------------------------------------
+
+#[test]
+fn a_client_killed_mid_stream_loses_its_job_and_no_one_else_s() {
+    let d = Daemon::start("");
+    let (_, token) = d.session();
+    let other = exec_async(
+        &d.agent(),
+        &token,
+        json!({"argv": ["/bin/sh", "-c", "sleep 1.5; echo other done"]}),
+    );
+    // A real client process (curl, as an agent would use), killed while its job streams.
+    let body = json!({"argv": ["/bin/sh", "-c", "echo streaming; sleep 4333.5"]}).to_string();
+    let mut curl = Command::new("curl")
+        .args(["-sS", "-N", "--unix-socket"])
+        .arg(d.agent())
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &body,
+        ])
+        .arg("http://x/v1/exec")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(20), "the job did not start", || {
+        !host_processes_with("4333.5").is_empty()
+    });
+    let job = running_jobs(&d, &token)
+        .into_iter()
+        .find(|j| {
+            let (_, v) = d.json("GET", &format!("/v1/jobs/{j}"), Some(&token), None);
+            v["argv"].to_string().contains("4333.5")
+        })
+        .expect("the streaming job is listed");
+    assert!(
+        !cgroups_named(&job).is_empty(),
+        "control: its cgroup exists"
+    );
+
+    curl.kill().unwrap();
+    let _ = curl.wait();
+    wait_until(
+        Duration::from_secs(5),
+        "the job outlived its client",
+        || host_processes_with("4333.5").is_empty(),
+    );
+    wait_until(Duration::from_secs(5), "the job's cgroup stayed", || {
+        cgroups_named(&job).is_empty()
+    });
+    let (_, v) = d.json("GET", &format!("/v1/jobs/{job}"), Some(&token), None);
+    assert_eq!(v["state"], "finished", "{v}");
+    assert_eq!(v["exit"]["reason"], "cancelled", "{v}");
+    // The other client's job, running alongside, was not touched.
+    let (status, events) = other.join().unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(output(&events, "stdout"), b"other done\n");
+    assert_eq!(exit_of(&events)["code"], 0);
+}
+
+#[test]
+fn a_job_that_closes_its_output_still_reports_how_it_ended() {
+    let d = Daemon::start("");
+    let (_, token) = d.session();
+    // Closed stdout and stderr, then a second of work and its own exit code: the stream stays
+    // open until the exit, which carries that code.
+    let (_, events) = d.exec(
+        &token,
+        json!({"argv": ["/bin/sh", "-c", "echo before; exec >&- 2>&-; sleep 1; exit 7"]}),
+    );
+    assert_eq!(output(&events, "stdout"), b"before\n");
+    let exit = exit_of(&events);
+    assert_eq!(
+        (exit["code"].as_i64(), exit["reason"].as_str()),
+        (Some(7), Some("exited")),
+        "{exit}"
+    );
+    assert!(exit["usage"]["wall_ms"].as_u64().unwrap() >= 1000, "{exit}");
+
+    // The same until the wall clock runs out: ended by the timeout, reported as one.
+    let t = Instant::now();
+    let (_, events) = d.exec(
+        &token,
+        json!({"argv": ["/bin/sh", "-c", "echo before; exec >&- 2>&-; sleep 4334.5"], "timeout": "1s"}),
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(output(&events, "stdout"), b"before\n");
+    let exit = exit_of(&events);
+    assert_eq!(
+        (exit["code"].as_i64(), exit["reason"].as_str()),
+        (Some(124), Some("timeout")),
+        "{exit}"
+    );
+    assert!(host_processes_with("4334.5").is_empty());
+}
+
+#[test]
+fn a_job_that_ignores_sigterm_is_still_ended_by_cancel_and_by_the_timeout() {
+    let d = Daemon::start("");
+    let (_, token) = d.session();
+    // Control: inside the sandbox the trap works, SIGTERM does not end the shell.
+    let (_, events) = d.exec(
+        &token,
+        json!({"argv": ["/bin/sh", "-c", "trap '' TERM; kill -TERM $$; echo survived"]}),
+    );
+    assert_eq!(output(&events, "stdout"), b"survived\n");
+
+    let stubborn = |marker: &str| json!({"argv": ["/bin/sh", "-c", format!("trap '' TERM; sleep {marker} & wait; wait; wait")]});
+    // Cancel: SIGTERM first, then the cgroup kill, which cannot be ignored.
+    let h = exec_async(&d.agent(), &token, stubborn("4335.5"));
+    wait_until(Duration::from_secs(20), "the job did not start", || {
+        !host_processes_with("4335.5").is_empty()
+    });
+    let job = running_jobs(&d, &token).pop().unwrap();
+    let t = Instant::now();
+    let (status, _) = d.json("DELETE", &format!("/v1/jobs/{job}"), Some(&token), None);
+    assert_eq!(status, 202);
+    let (_, events) = h.join().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "cancel took {:?}",
+        t.elapsed()
+    );
+    let exit = exit_of(&events);
+    assert_eq!(
+        (exit["code"].as_i64(), exit["reason"].as_str()),
+        (Some(137), Some("cancelled")),
+        "{exit}"
+    );
+    assert!(host_processes_with("4335.5").is_empty());
+
+    // Timeout: the same job, ended by the wall clock.
+    let t = Instant::now();
+    let mut body = stubborn("4336.5");
+    body["timeout"] = json!("1s");
+    let (_, events) = d.exec(&token, body);
+    assert!(
+        t.elapsed() < Duration::from_secs(6),
+        "timeout took {:?}",
+        t.elapsed()
+    );
+    let exit = exit_of(&events);
+    assert_eq!(
+        (exit["code"].as_i64(), exit["reason"].as_str()),
+        (Some(124), Some("timeout")),
+        "{exit}"
+    );
+    let wall = exit["usage"]["wall_ms"].as_u64().unwrap();
+    assert!((1000..5000).contains(&wall), "{exit}");
+    assert!(host_processes_with("4336.5").is_empty());
+}
+
+#[test]
+fn thousands_of_short_processes_complete_and_a_fork_bomb_ends_with_reason_pids() {
+    let d = Daemon::start("");
+    let (_, token) = d.session();
+    // 5000 processes one after another: never more than a few at once, so the pids limit
+    // (512 in the test profile) is never hit and every one ran.
+    let t = Instant::now();
+    let (_, events) = d.exec(
+        &token,
+        json!({"argv": ["/bin/sh", "-c", "i=0; while [ $i -lt 5000 ]; do /bin/true; i=$((i+1)); done; echo $i"],
+               "limits": {"pids": 32}}),
+    );
+    let took = t.elapsed();
+    assert_eq!(output(&events, "stdout"), b"5000\n");
+    let exit = exit_of(&events);
+    assert_eq!(
+        (exit["code"].as_i64(), exit["reason"].as_str()),
+        (Some(0), Some("exited")),
+        "{exit}"
+    );
+    assert_eq!(exit["usage"]["pids_max_hits"], 0, "{exit}");
+    eprintln!("5000 processes in one job: {took:?}");
+
+    // A fork bomb under the same limit: the shell's fork fails at the limit, the job ends,
+    // and the reason names the limit. Nothing survives.
+    let t = Instant::now();
+    let (_, events) = d.exec(
+        &token,
+        json!({"argv": ["/bin/sh", "-c", "while :; do sleep 4337.5 & done"], "limits": {"pids": 32}}),
+    );
+    let exit = exit_of(&events);
+    assert_eq!(exit["reason"], "pids", "{exit}");
+    assert_ne!(exit["code"], 0, "{exit}");
+    assert!(
+        exit["usage"]["pids_max_hits"].as_u64().unwrap() > 0,
+        "{exit}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    assert!(host_processes_with("4337.5").is_empty());
+}
+
+#[test]
+fn cgroup_removal_racing_with_exiting_children_leaks_nothing_and_hangs_nothing() {
+    let parent = TestCgroupParent::new();
+    let d = Daemon::start_in_cgroup(
+        &parent.relative,
+        "[limits]\nmax_jobs = 64\nmax_jobs_per_session = 64\npeer_rate = 100000\nsession_rate = 100000\n",
+    );
+    let (_, token) = d.session();
+    // Control: a running job's cgroup is seen below our parent.
+    let h = exec_async(&d.agent(), &token, json!({"argv": ["/bin/sleep", "0.5"]}));
+    wait_until(Duration::from_secs(10), "no job cgroup appeared", || {
+        !parent.children().is_empty()
+    });
+    assert_eq!(exit_of(&h.join().unwrap().1)["code"], 0);
+
+    // Each job's children double-fork (re-parented to the sandbox's pid 1) and exit around
+    // the moment the command itself exits: before, during and after the cgroup teardown.
+    let rounds: usize = std::env::var("EXECBOX_FAULT_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let script = "for d in 0 0.001 0.005 0.01 0.02; do ( (sleep $d; :) & ); done; echo ok";
+    for round in 0..rounds {
+        let jobs: Vec<_> = (0..12)
+            .map(|_| {
+                exec_async(
+                    &d.agent(),
+                    &token,
+                    json!({"argv": ["/bin/sh", "-c", script], "timeout": "20s"}),
+                )
+            })
+            .collect();
+        for j in jobs {
+            let (status, events) = j.join().unwrap();
+            assert_eq!(status, 200, "{events:?}");
+            assert_eq!(
+                output(&events, "stdout"),
+                b"ok\n",
+                "round {round}: {events:?}"
+            );
+            let exit = exit_of(&events);
+            assert_eq!(exit["reason"], "exited", "round {round}: {exit}");
+            assert!(
+                exit["usage"]["wall_ms"].as_u64().unwrap() < 10_000,
+                "hung: {exit}"
+            );
+        }
+        assert_eq!(
+            parent.children(),
+            Vec::<String>::new(),
+            "round {round}: leaked cgroups"
+        );
+    }
 }
