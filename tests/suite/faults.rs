@@ -66,7 +66,7 @@ fn running_jobs(d: &Daemon, token: &str) -> Vec<String> {
 }
 
 /// Pids whose parent is `ppid`.
-fn children_of(ppid: u32) -> Vec<u32> {
+pub(super) fn children_of(ppid: u32) -> Vec<u32> {
     let mut out = vec![];
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {

@@ -6,6 +6,7 @@ mod detach;
 mod doctor;
 mod faults;
 mod harness;
+mod load;
 mod pairing;
 mod policy;
 mod prewarm;
