@@ -582,12 +582,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_audit_chain_is_verified_and_tampering_fails() {
-        let d = tempfile::tempdir().unwrap();
-        let log = d.path().join("audit.jsonl");
-        assert_eq!(audit_chain_check(&log).status, Status::Ok);
-        let mut w = crate::audit::AuditLog::open(&log, Default::default()).unwrap();
+    fn write_three_records(log: &Path) {
+        let mut w = crate::audit::AuditLog::open(log, Default::default()).unwrap();
         for i in 0..3 {
             let ev = crate::audit::Event::Alert {
                 kind: "test".into(),
@@ -595,7 +591,14 @@ mod tests {
             };
             w.append(&ev).unwrap();
         }
-        drop(w);
+    }
+
+    #[test]
+    fn the_audit_chain_is_verified_and_tampering_fails() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("audit.jsonl");
+        assert_eq!(audit_chain_check(&log).status, Status::Ok);
+        write_three_records(&log);
         let c = audit_chain_check(&log);
         assert_eq!(c.status, Status::Ok, "{c:?}");
         assert!(c.evidence.contains("3 record(s)"), "{c:?}");
@@ -613,15 +616,7 @@ mod tests {
     fn a_torn_last_record_is_a_warning_and_a_torn_middle_is_a_failure() {
         let d = tempfile::tempdir().unwrap();
         let log = d.path().join("audit.jsonl");
-        let mut w = crate::audit::AuditLog::open(&log, Default::default()).unwrap();
-        for i in 0..3 {
-            let ev = crate::audit::Event::Alert {
-                kind: "test".into(),
-                detail: format!("record {i}"),
-            };
-            w.append(&ev).unwrap();
-        }
-        drop(w);
+        write_three_records(&log);
         let good = std::fs::read_to_string(&log).unwrap();
         // What a crash mid-append leaves: the writer repairs it at the next open.
         std::fs::write(&log, format!("{good}{{\"seq\":4,\"ts\"")).unwrap();

@@ -100,6 +100,33 @@ fn audit_verify(log: &Path) -> std::process::Output {
         .unwrap()
 }
 
+/// Starts `n` jobs in a new session of `d` through `launch`, each with a foreground and a
+/// background process carrying `marker`; returns the clients and the job ids once all run.
+fn start_marked_jobs<T>(
+    d: &Daemon,
+    n: usize,
+    marker: &str,
+    launch: impl Fn(&Path, &str, Value) -> std::thread::JoinHandle<T>,
+) -> (Vec<std::thread::JoinHandle<T>>, Vec<String>) {
+    let (_, token) = d.session();
+    let script = format!("sleep {marker} & sleep {marker}; :");
+    let clients = (0..n)
+        .map(|_| {
+            launch(
+                &d.agent(),
+                &token,
+                json!({"argv": ["/bin/sh", "-c", script]}),
+            )
+        })
+        .collect();
+    wait_until(Duration::from_secs(20), "jobs did not start", || {
+        host_processes_with(marker).len() >= 2 * n
+    });
+    let jobs = running_jobs(d, &token);
+    assert_eq!(jobs.len(), n, "{jobs:?}");
+    (clients, jobs)
+}
+
 /// A second `execbox serve` on the config `d` was started with (after `d`'s process died);
 /// stopped with SIGTERM on drop.
 struct Restarted {
@@ -149,22 +176,7 @@ fn a_sigkilled_daemon_takes_its_sandboxes_along_and_the_next_start_sweeps_their_
     // Our own cgroup parent: `execbox run`s of parallel tests sweep stale jobs below theirs.
     let parent = TestCgroupParent::new();
     let d = Daemon::start_in_cgroup(&parent.relative, "");
-    let (_, token) = d.session();
-    // Each job: a background process and a foreground one, both carrying the marker.
-    let clients: Vec<_> = (0..3)
-        .map(|_| {
-            exec_raw(
-                &d.agent(),
-                &token,
-                json!({"argv": ["/bin/sh", "-c", "sleep 4331.5 & sleep 4331.5; :"]}),
-            )
-        })
-        .collect();
-    wait_until(Duration::from_secs(20), "jobs did not start", || {
-        host_processes_with("4331.5").len() >= 6
-    });
-    let jobs = running_jobs(&d, &token);
-    assert_eq!(jobs.len(), 3, "{jobs:?}");
+    let (clients, jobs) = start_marked_jobs(&d, 3, "4331.5", exec_raw);
     // Control: the probe sees each job's cgroup while it runs.
     for j in &jobs {
         assert!(!cgroups_named(j).is_empty(), "no cgroup found for {j}");
@@ -232,20 +244,7 @@ fn a_sigkilled_daemon_takes_its_sandboxes_along_and_the_next_start_sweeps_their_
 fn a_sigkilled_spawner_takes_the_sandboxes_along_and_the_daemon_stops_for_a_restart() {
     let parent = TestCgroupParent::new();
     let d = Daemon::start_in_cgroup(&parent.relative, "");
-    let (_, token) = d.session();
-    let clients: Vec<_> = (0..2)
-        .map(|_| {
-            exec_async(
-                &d.agent(),
-                &token,
-                json!({"argv": ["/bin/sh", "-c", "sleep 4332.5 & sleep 4332.5; :"]}),
-            )
-        })
-        .collect();
-    wait_until(Duration::from_secs(20), "jobs did not start", || {
-        host_processes_with("4332.5").len() >= 4
-    });
-    let jobs = running_jobs(&d, &token);
+    let (clients, jobs) = start_marked_jobs(&d, 2, "4332.5", exec_async);
     // The spawner is the daemon's only child process.
     let spawner = children_of(d.pid());
     assert_eq!(spawner.len(), 1, "{spawner:?}");

@@ -676,10 +676,12 @@ pub(super) struct TestCgroupParent {
 impl TestCgroupParent {
     pub(super) fn new() -> TestCgroupParent {
         let base = std::env::var("EXECBOX_CGROUP_PARENT").unwrap_or_default();
+        // Unique per process and call: tests running in parallel each get their own.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let name = format!(
             "execbox-test-{}-{}",
             std::process::id(),
-            Instant::now().elapsed().as_nanos()
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
         let relative = std::path::Path::new(&base).join(&name);
         let mut dirs = vec![];
