@@ -65,6 +65,18 @@ fn running_jobs(d: &Daemon, token: &str) -> Vec<String> {
         .collect()
 }
 
+/// Asserts the stream's exit event has `code` and `reason`; returns it.
+#[track_caller]
+fn assert_ended<'a>(events: &'a [Value], code: i64, reason: &str) -> &'a Value {
+    let exit = exit_of(events);
+    assert_eq!(
+        (exit["code"].as_i64(), exit["reason"].as_str()),
+        (Some(code), Some(reason)),
+        "{exit}"
+    );
+    exit
+}
+
 /// Pids whose parent is `ppid`.
 pub(super) fn children_of(ppid: u32) -> Vec<u32> {
     let mut out = vec![];
@@ -261,9 +273,7 @@ fn a_sigkilled_spawner_takes_the_sandboxes_along_and_the_daemon_stops_for_a_rest
     for c in clients {
         let (status, events) = c.join().unwrap();
         assert_eq!(status, 200);
-        let exit = exit_of(&events);
-        assert_eq!(exit["reason"], "lost", "{exit}");
-        assert_eq!(exit["code"], 137, "{exit}");
+        assert_ended(&events, 137, "lost");
     }
     // Without its spawner the daemon cannot run a job: it stops with a failure status (the
     // service manager restarts it), instead of answering every job with an error.
@@ -358,12 +368,7 @@ fn a_job_that_closes_its_output_still_reports_how_it_ended() {
         json!({"argv": ["/bin/sh", "-c", "echo before; exec >&- 2>&-; sleep 1; exit 7"]}),
     );
     assert_eq!(output(&events, "stdout"), b"before\n");
-    let exit = exit_of(&events);
-    assert_eq!(
-        (exit["code"].as_i64(), exit["reason"].as_str()),
-        (Some(7), Some("exited")),
-        "{exit}"
-    );
+    let exit = assert_ended(&events, 7, "exited");
     assert!(exit["usage"]["wall_ms"].as_u64().unwrap() >= 1000, "{exit}");
 
     // The same until the wall clock runs out: ended by the timeout, reported as one.
@@ -378,12 +383,7 @@ fn a_job_that_closes_its_output_still_reports_how_it_ended() {
         t.elapsed()
     );
     assert_eq!(output(&events, "stdout"), b"before\n");
-    let exit = exit_of(&events);
-    assert_eq!(
-        (exit["code"].as_i64(), exit["reason"].as_str()),
-        (Some(124), Some("timeout")),
-        "{exit}"
-    );
+    assert_ended(&events, 124, "timeout");
     assert!(host_processes_with("4334.5").is_empty());
 }
 
@@ -414,12 +414,7 @@ fn a_job_that_ignores_sigterm_is_still_ended_by_cancel_and_by_the_timeout() {
         "cancel took {:?}",
         t.elapsed()
     );
-    let exit = exit_of(&events);
-    assert_eq!(
-        (exit["code"].as_i64(), exit["reason"].as_str()),
-        (Some(137), Some("cancelled")),
-        "{exit}"
-    );
+    assert_ended(&events, 137, "cancelled");
     assert!(host_processes_with("4335.5").is_empty());
 
     // Timeout: the same job, ended by the wall clock.
@@ -432,12 +427,7 @@ fn a_job_that_ignores_sigterm_is_still_ended_by_cancel_and_by_the_timeout() {
         "timeout took {:?}",
         t.elapsed()
     );
-    let exit = exit_of(&events);
-    assert_eq!(
-        (exit["code"].as_i64(), exit["reason"].as_str()),
-        (Some(124), Some("timeout")),
-        "{exit}"
-    );
+    let exit = assert_ended(&events, 124, "timeout");
     let wall = exit["usage"]["wall_ms"].as_u64().unwrap();
     assert!((1000..5000).contains(&wall), "{exit}");
     assert!(host_processes_with("4336.5").is_empty());
@@ -457,12 +447,7 @@ fn thousands_of_short_processes_complete_and_a_fork_bomb_ends_with_reason_pids()
     );
     let took = t.elapsed();
     assert_eq!(output(&events, "stdout"), b"5000\n");
-    let exit = exit_of(&events);
-    assert_eq!(
-        (exit["code"].as_i64(), exit["reason"].as_str()),
-        (Some(0), Some("exited")),
-        "{exit}"
-    );
+    let exit = assert_ended(&events, 0, "exited");
     assert_eq!(exit["usage"]["pids_max_hits"], 0, "{exit}");
     eprintln!("5000 processes in one job: {took:?}");
 
