@@ -231,7 +231,7 @@ fn a_thousand_concurrent_jobs_deliver_every_byte_to_their_own_client_in_bounded_
             bound(idle.1)
         );
         // Nothing left behind.
-        assert_eq!(parent.children(), Vec::<String>::new(), "job cgroups left");
+        assert_eq!(parent.jobs(), Vec::<String>::new(), "job cgroups left");
         let (_, v) = d.json("GET", "/v1/jobs", Some(&tokens[0]), None);
         let running = v["jobs"]
             .as_array()

@@ -708,6 +708,13 @@ impl TestCgroupParent {
         TestCgroupParent { relative, dirs }
     }
 
+    /// Job cgroups below the parent, without a daemon's spares built ahead (`…-warmN`).
+    pub(super) fn jobs(&self) -> Vec<String> {
+        let mut c = self.children();
+        c.retain(|d| !d.rsplit('-').next().unwrap_or("").starts_with("warm"));
+        c
+    }
+
     pub(super) fn children(&self) -> Vec<String> {
         self.dirs
             .iter()
@@ -720,6 +727,10 @@ impl TestCgroupParent {
 
 impl Drop for TestCgroupParent {
     fn drop(&mut self) {
+        // Empty leftovers first (a killed daemon's spare cgroups), then ours.
+        for child in self.children() {
+            let _ = std::fs::remove_dir(child);
+        }
         for d in &self.dirs {
             let _ = std::fs::remove_dir(d);
         }
