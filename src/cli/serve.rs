@@ -16,7 +16,10 @@ Examples:
 
 Logs go to stderr (EXECBOX_LOG=debug for more; [log] json = true for JSON lines).
 SIGTERM or SIGINT: stop accepting, let running jobs finish for limits.shutdown_grace, then kill
-them. See packaging/execbox.toml for every key and docs/openapi.yaml for the API.")]
+them. If the spawner process dies, running jobs die with it and the daemon exits with status 1
+for the service manager to restart it; each start removes job cgroups a killed daemon left
+(docs/reliability.md). See packaging/execbox.toml for every key and docs/openapi.yaml for the
+API.")]
 pub struct ServeArgs {
     /// The daemon's configuration file (TOML)
     #[arg(long, value_name = "FILE", default_value = "/etc/execbox/execbox.toml")]

@@ -13,6 +13,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use super::{Changes, Check, Context, Status};
+use crate::audit::BreakKind;
 use crate::config::Config;
 
 /// Group or other may write: anyone in them could change what the daemon trusts.
@@ -401,6 +402,18 @@ pub fn audit_chain_check(path: &Path) -> Check {
             "run doctor as the daemon's user (or root)",
         ),
         Ok(r) => match &r.broken {
+            // An incomplete last line of the live file is what a crash in the middle of an
+            // append leaves (nothing acted on that record); the writer cuts it off at the next
+            // open and records an alert, so it must not keep the daemon from starting.
+            Some(b) if b.kind == BreakKind::Truncated && b.file == path => Check::warn(
+                ID,
+                TITLE,
+                format!(
+                    "{} record(s) link correctly; the last line (seq {}) is incomplete, as a crash during an append leaves it",
+                    r.records, b.seq
+                ),
+                "none needed: the daemon cuts it off at start and appends a `torn_record_removed` alert",
+            ),
             Some(b) => Check::fail(
                 ID,
                 TITLE,
@@ -569,12 +582,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_audit_chain_is_verified_and_tampering_fails() {
-        let d = tempfile::tempdir().unwrap();
-        let log = d.path().join("audit.jsonl");
-        assert_eq!(audit_chain_check(&log).status, Status::Ok);
-        let mut w = crate::audit::AuditLog::open(&log, Default::default()).unwrap();
+    fn write_three_records(log: &Path) {
+        let mut w = crate::audit::AuditLog::open(log, Default::default()).unwrap();
         for i in 0..3 {
             let ev = crate::audit::Event::Alert {
                 kind: "test".into(),
@@ -582,7 +591,14 @@ mod tests {
             };
             w.append(&ev).unwrap();
         }
-        drop(w);
+    }
+
+    #[test]
+    fn the_audit_chain_is_verified_and_tampering_fails() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("audit.jsonl");
+        assert_eq!(audit_chain_check(&log).status, Status::Ok);
+        write_three_records(&log);
         let c = audit_chain_check(&log);
         assert_eq!(c.status, Status::Ok, "{c:?}");
         assert!(c.evidence.contains("3 record(s)"), "{c:?}");
@@ -594,5 +610,25 @@ mod tests {
         let c = audit_chain_check(&log);
         assert_eq!(c.status, Status::Fail, "{c:?}");
         assert!(c.evidence.contains("seq"), "{c:?}");
+    }
+
+    #[test]
+    fn a_torn_last_record_is_a_warning_and_a_torn_middle_is_a_failure() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("audit.jsonl");
+        write_three_records(&log);
+        let good = std::fs::read_to_string(&log).unwrap();
+        // What a crash mid-append leaves: the writer repairs it at the next open.
+        std::fs::write(&log, format!("{good}{{\"seq\":4,\"ts\"")).unwrap();
+        let c = audit_chain_check(&log);
+        assert_eq!(c.status, Status::Warn, "{c:?}");
+        assert!(c.evidence.contains("3 record(s)"), "{c:?}");
+        // The same cut anywhere but the end of the live file (here: a rotated file before it)
+        // is damage, not a crash.
+        let cut = good.rfind("record 2").unwrap();
+        std::fs::write(&log, &good).unwrap();
+        std::fs::write(d.path().join("audit.jsonl.1"), &good[..cut]).unwrap();
+        let c = audit_chain_check(&log);
+        assert_eq!(c.status, Status::Fail, "{c:?}");
     }
 }

@@ -164,15 +164,29 @@ pub const RUN_JOB_PREFIX: &str = "execbox-run-";
 /// through the parent-death signal, but nothing could remove the empty cgroup). A job is stale
 /// when the supervisor pid in its name no longer exists.
 fn sweep_stale(hierarchy: &Hierarchy, parent: Option<&std::path::Path>) {
-    let removed = hierarchy.remove_stale_where(parent, RUN_JOB_PREFIX, |name| {
-        let pid = name[RUN_JOB_PREFIX.len()..]
-            .split('-')
-            .next()
-            .and_then(|p| p.parse::<u32>().ok());
-        pid.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
-    });
+    let removed = hierarchy.remove_stale_where(parent, RUN_JOB_PREFIX, supervisor_gone);
     for dir in removed {
         tracing::info!(cgroup = %dir.display(), "removed a stale job cgroup");
+    }
+}
+
+/// Whether the supervisor that created the job cgroup `name` (`execbox-run-<pid>-…`) is gone:
+/// no such process, or only its zombie (a killed supervisor waits a moment to be reaped by
+/// whoever inherited it; its sandbox already died with it).
+pub fn supervisor_gone(name: &str) -> bool {
+    let Some(pid) = name
+        .strip_prefix(RUN_JOB_PREFIX)
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|p| p.parse::<u32>().ok())
+    else {
+        return false;
+    };
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // `pid (comm) S …`: the state follows the last ')' (comm may hold one).
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| matches!(rest.trim_start().chars().next(), Some('Z' | 'X'))),
+        Err(_) => true,
     }
 }
 
@@ -645,7 +659,9 @@ fn push_fd(fds: &mut Vec<libc::pollfd>, fd: RawFd) -> usize {
 fn kill_job(child: &sys::Child, cgroup: Option<&JobCgroup>) {
     let _ = sys::pidfd_kill(child.pidfd.as_fd(), libc::SIGKILL);
     if let Some(cg) = cgroup {
-        let _ = cg.kill();
+        // pid 1 is dying, and with it the namespace: no fork race, so no freezing (we may be
+        // killed ourselves at any moment, and a frozen job would outlive us).
+        let _ = cg.kill_without_freezing();
     }
 }
 
@@ -740,5 +756,32 @@ fn signal_name(sig: i32) -> &'static str {
         libc::SIGHUP => "SIGHUP",
         libc::SIGBUS => "SIGBUS",
         _ => "signal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_is_stale_once_its_supervisor_is_gone_or_a_zombie() {
+        let name = |pid: u32| format!("{RUN_JOB_PREFIX}{pid}-j_x");
+        assert!(!supervisor_gone(&name(std::process::id())), "we are alive");
+        // A child that exited and is not reaped yet: its sandbox died with it.
+        let mut child = std::process::Command::new("/bin/true").spawn().unwrap();
+        let zombie = name(child.id());
+        let t = Instant::now();
+        while !supervisor_gone(&zombie) {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(5),
+                "never a zombie"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        child.wait().unwrap();
+        assert!(supervisor_gone(&zombie), "reaped");
+        // Names we did not make are never stale.
+        assert!(!supervisor_gone("execbox-run-x-1"));
+        assert!(!supervisor_gone("other-1-2"));
     }
 }

@@ -1826,6 +1826,7 @@ impl Relay {
         let mut rbuf = Vec::new();
         let mut result: Option<SupervisorEvent> = None;
         let mut client_gone = false;
+        let mut supervised = false;
         let started = Instant::now();
         while out.is_some() || err.is_some() || res.is_some() {
             let mut rchunk = [0u8; 4096];
@@ -1845,6 +1846,7 @@ impl Relay {
                             let line: Vec<u8> = rbuf.drain(..=pos).collect();
                             match serde_json::from_slice::<SupervisorEvent>(&line) {
                                 Ok(SupervisorEvent::Started { .. }) => {
+                                    supervised = true;
                                     self.emit(&mut client_gone, serde_json::json!({"event": "started", "job": self.job})).await;
                                 }
                                 Ok(ev) => result = Some(ev),
@@ -1887,6 +1889,13 @@ impl Relay {
                 Metrics::inc(&self.srv.metrics.setup_failures);
                 serde_json::json!({"event": "exit", "job": self.job, "code": 126, "signal": null,
                     "reason": "setup_failed", "error": {"step": step, "errno": errno, "message": message}})
+            }
+            // The supervisor died after it took the job (the spawner or it was killed): the
+            // sandbox died with it (parent-death signal), so the job was killed, not failed.
+            _ if supervised => {
+                Metrics::inc(&self.srv.metrics.jobs_lost);
+                serde_json::json!({"event": "exit", "job": self.job, "code": 137, "signal": null,
+                    "reason": "lost", "message": "the job's supervisor died without a report; the job was killed with it"})
             }
             _ => {
                 Metrics::inc(&self.srv.metrics.setup_failures);

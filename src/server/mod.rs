@@ -63,6 +63,10 @@ pub enum ServeError {
     Audit(#[source] crate::audit::AuditError),
     #[error("refusing to start with more capabilities than it needs")]
     Privilege(#[source] privilege::PrivilegeError),
+    #[error(
+        "the spawner (pid {0}) died, so no job can run; stopped with a failure status for the service manager to restart the daemon"
+    )]
+    SpawnerDied(libc::pid_t),
 }
 
 /// Everything the request handlers share.
@@ -472,7 +476,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         pairing: pairing::Pairing::new(pairing::clock::from_env()),
         retained,
     });
-    rt.block_on(run(srv.clone(), listeners));
+    let stop = rt.block_on(run(srv.clone(), listeners));
     drop(rt);
     match Arc::try_unwrap(srv) {
         Ok(s) => s.spawner.shutdown(),
@@ -481,7 +485,18 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         }
     }
     tracing::info!("stopped");
-    Ok(())
+    match stop {
+        Stop::Signal => Ok(()),
+        Stop::SpawnerDied(pid) => Err(ServeError::SpawnerDied(pid)),
+    }
+}
+
+/// Why [`run`] returned.
+enum Stop {
+    /// SIGTERM or SIGINT: a clean stop.
+    Signal,
+    /// The spawner is gone; the daemon could only answer every job with an error.
+    SpawnerDied(libc::pid_t),
 }
 
 /// The `execbox doctor` checks, read-only: warnings are logged, failures are logged with their
@@ -513,7 +528,7 @@ fn start_checks(config: &Config) -> Result<(), ServeError> {
     }
 }
 
-async fn run(srv: Arc<Server>, listeners: listen::Listeners) {
+async fn run(srv: Arc<Server>, listeners: listen::Listeners) -> Stop {
     let conns = TaskTracker::new();
     let accept = listen::accept_loops(srv.clone(), listeners, conns.clone());
     tracing::info!(
@@ -533,7 +548,13 @@ async fn run(srv: Arc<Server>, listeners: listen::Listeners) {
             }
         })
     };
-    wait_for_signal().await;
+    let stop = tokio::select! {
+        _ = wait_for_signal() => Stop::Signal,
+        pid = spawner_gone(srv.spawner.pid) => {
+            tracing::error!(spawner = pid, "the spawner died (its jobs died with it); stopping");
+            Stop::SpawnerDied(pid)
+        }
+    };
     tracing::info!("shutting down: no new connections or jobs");
     srv.shutdown.cancel();
     let _ = accept.await;
@@ -573,6 +594,18 @@ async fn run(srv: Arc<Server>, listeners: listen::Listeners) {
     tracing::info!(active, "all jobs ended");
     if let Err(e) = srv.record(crate::audit::Event::DaemonStop {}).await {
         tracing::error!(error = %e.message, "daemon_stop not recorded");
+    }
+    stop
+}
+
+/// Resolves once the spawner process has exited (it is our child: reaping it here is what
+/// notices). Polled: the spawner never exits on its own while the daemon runs.
+async fn spawner_gone(pid: libc::pid_t) -> libc::pid_t {
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if !matches!(sys::waitpid_nohang(pid), Ok(None)) {
+            return pid;
+        }
     }
 }
 
@@ -639,19 +672,12 @@ fn make_dir(path: &std::path::Path, mode: u32) -> Result<(), ServeError> {
 }
 
 /// Removes job cgroups left by a daemon (or `execbox run`) that was killed: a job is stale when
-/// the supervisor pid in its name no longer exists.
+/// the supervisor pid in its name is gone or a zombie.
 fn sweep_stale_cgroups(parent: Option<&std::path::Path>) {
     let Ok(h) = sandbox::cgroup::Hierarchy::detect() else {
         return;
     };
-    let prefix = sandbox::RUN_JOB_PREFIX;
-    for dir in h.remove_stale_where(parent, prefix, |name| {
-        name[prefix.len()..]
-            .split('-')
-            .next()
-            .and_then(|p| p.parse::<u32>().ok())
-            .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
-    }) {
+    for dir in h.remove_stale_where(parent, sandbox::RUN_JOB_PREFIX, sandbox::supervisor_gone) {
         tracing::info!(cgroup = %dir.display(), "removed a stale job cgroup");
     }
 }

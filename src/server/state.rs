@@ -171,6 +171,7 @@ pub struct Metrics {
     pub jobs_finished: AtomicU64,
     pub jobs_refused: AtomicU64,
     pub setup_failures: AtomicU64,
+    pub jobs_lost: AtomicU64,
     pub auth_failures: AtomicU64,
     pub peers_refused: AtomicU64,
     pub rate_limited: AtomicU64,
@@ -217,6 +218,12 @@ impl Metrics {
             "setup_failures_total",
             "Jobs whose sandbox could not be built.",
             g(&self.setup_failures),
+            "counter",
+        );
+        counter(
+            "jobs_lost_total",
+            "Jobs that started but whose supervisor died without a report (killed with it).",
+            g(&self.jobs_lost),
             "counter",
         );
         counter(

@@ -558,6 +558,8 @@ fn a_full_audit_disk_refuses_jobs_and_the_daemon_keeps_answering() {
     // Still answering: the operator socket, the agent's job listing.
     let (status, v) = operator(&d, "GET", "/v1/sessions", None);
     assert_eq!(status, 200);
+    let (status, v2) = d.json("GET", "/v1/jobs", Some(&token), None);
+    assert_eq!(status, 200, "{v2}");
     assert!(v.to_string().contains(&session));
     let (status, _, body) = http(&d.operator(), "GET", "/metrics", None, None);
     assert_eq!(status, 200);

@@ -40,6 +40,14 @@ impl Daemon {
         Daemon::start_wrapped(allow, profiles, profile, extra, &[])
     }
 
+    /// A daemon whose job cgroups go below `cgroup_parent` (a test's own, so that the stale
+    /// sweeps of jobs in parallel tests do not reach them).
+    pub(super) fn start_in_cgroup(cgroup_parent: &Path, extra: &str) -> Daemon {
+        let profiles = fixture("open.toml").parent().unwrap().to_path_buf();
+        let allow = format!("[allow]\nuids = [{}]\n", my_uid());
+        Daemon::start_full(&allow, &profiles, "open", extra, &[], Some(cgroup_parent))
+    }
+
     /// Like `start_profile`, with the daemon started through `wrapper` (e.g. `prlimit …`).
     pub(super) fn start_wrapped(
         allow: &str,
@@ -48,11 +56,26 @@ impl Daemon {
         extra: &str,
         wrapper: &[&str],
     ) -> Daemon {
+        Daemon::start_full(allow, profiles, profile, extra, wrapper, None)
+    }
+
+    /// Like `start_wrapped`, with job cgroups below `cgroup_parent` (default:
+    /// `EXECBOX_CGROUP_PARENT`, else the root).
+    fn start_full(
+        allow: &str,
+        profiles: &std::path::Path,
+        profile: &str,
+        extra: &str,
+        wrapper: &[&str],
+        cgroup_parent: Option<&Path>,
+    ) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("execbox-daemon-")
             .tempdir()
             .unwrap();
-        let cgroup = std::env::var("EXECBOX_CGROUP_PARENT")
+        let cgroup = cgroup_parent
+            .map(|p| p.display().to_string())
+            .or_else(|| std::env::var("EXECBOX_CGROUP_PARENT").ok())
             .map(|c| format!("cgroup_parent = {c:?}\n"))
             .unwrap_or_default();
         // Every daemon writes an audit log; a test that sets its own [audit] keeps it.

@@ -130,8 +130,13 @@ fn a_job_cgroup_built_ahead_is_named_after_its_job_and_removed_with_it() {
                 assert!(std::time::Instant::now() < deadline, "no running job: {v}");
                 std::thread::sleep(std::time::Duration::from_millis(20));
             };
-            std::thread::sleep(std::time::Duration::from_millis(200));
-            let dirs = super::daemon::cgroups_named(&id);
+            // Polled while the job lasts: on a loaded machine the supervisor may take its
+            // cgroup (and rename it) well after the job is listed as running.
+            let mut dirs = super::daemon::cgroups_named(&id);
+            while dirs.is_empty() && !job.is_finished() {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                dirs = super::daemon::cgroups_named(&id);
+            }
             let (status, events) = job.join().unwrap();
             assert_eq!((status, &exit_of(&events)["code"]), (200, &json!(0)));
             (id, dirs)

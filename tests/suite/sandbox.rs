@@ -668,18 +668,20 @@ fn no_job_cgroups_are_left_behind() {
 
 /// A fresh cgroup created in every hierarchy we may write to, below the delegated parent the
 /// environment names (EXECBOX_CGROUP_PARENT) or the root.
-struct TestCgroupParent {
-    relative: std::path::PathBuf,
-    dirs: Vec<std::path::PathBuf>,
+pub(super) struct TestCgroupParent {
+    pub(super) relative: std::path::PathBuf,
+    pub(super) dirs: Vec<std::path::PathBuf>,
 }
 
 impl TestCgroupParent {
-    fn new() -> TestCgroupParent {
+    pub(super) fn new() -> TestCgroupParent {
         let base = std::env::var("EXECBOX_CGROUP_PARENT").unwrap_or_default();
+        // Unique per process and call: tests running in parallel each get their own.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let name = format!(
             "execbox-test-{}-{}",
             std::process::id(),
-            Instant::now().elapsed().as_nanos()
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
         let relative = std::path::Path::new(&base).join(&name);
         let mut dirs = vec![];
@@ -706,7 +708,14 @@ impl TestCgroupParent {
         TestCgroupParent { relative, dirs }
     }
 
-    fn children(&self) -> Vec<String> {
+    /// Job cgroups below the parent, without a daemon's spares built ahead (`…-warmN`).
+    pub(super) fn jobs(&self) -> Vec<String> {
+        let mut c = self.children();
+        c.retain(|d| !d.rsplit('-').next().unwrap_or("").starts_with("warm"));
+        c
+    }
+
+    pub(super) fn children(&self) -> Vec<String> {
         self.dirs
             .iter()
             .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
@@ -718,6 +727,10 @@ impl TestCgroupParent {
 
 impl Drop for TestCgroupParent {
     fn drop(&mut self) {
+        // Empty leftovers first (a killed daemon's spare cgroups), then ours.
+        for child in self.children() {
+            let _ = std::fs::remove_dir(child);
+        }
         for d in &self.dirs {
             let _ = std::fs::remove_dir(d);
         }

@@ -2,6 +2,7 @@
 //!
 //! - `ci`: everything CI checks. If it passes locally, `.ci/run` passes.
 //! - `bench`: the published latency/throughput comparison (see docs/benchmarks.md).
+//! - `load`: the fault and load tests at a larger scale (see docs/reliability.md).
 //! - `dist`: man pages and shell completions rendered from the clap definitions.
 //! - `deb`: the Debian package (`[package.metadata.deb]` in Cargo.toml, built with dpkg-deb).
 
@@ -9,6 +10,7 @@ mod bench;
 mod ci;
 mod daemon;
 mod install_smoke;
+mod load;
 mod package;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +23,7 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("ci") => ci::run(),
         Some("bench") => bench::run(&args[1..]),
+        Some("load") => load::run(&args[1..]),
         Some("dist") => package::dist().map(drop),
         Some("deb") => package::deb().map(drop),
         Some("deb-test") => install_smoke::run(),
@@ -29,6 +32,7 @@ fn main() -> Result<()> {
                 "usage: cargo xtask <task>\n\n\
                  tasks:\n  ci      fmt, clippy, tests as root and as an unprivileged user (what .ci/run runs)\n  \
                  bench   execbox vs bwrap vs unshare vs bare latency, and stdout throughput\n  \
+                 load    fault and load tests at scale (--jobs N, --rounds N, --race-rounds N, --release)\n  \
                  dist    man pages and shell completions into target/dist/\n  \
                  deb     the Debian package into target/debian/ (release build + dist + dpkg-deb)\n  \
                  deb-test  build, install, doctor, smoke-test and purge the package (root; part of ci)"

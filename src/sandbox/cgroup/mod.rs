@@ -425,10 +425,23 @@ impl JobCgroup {
     /// including processes forking meanwhile); v1: freeze when a freezer is mounted, SIGKILL
     /// each pid in `cgroup.procs`, thaw, repeat until empty (bounded).
     pub fn kill(&self) -> Result<(), CgroupError> {
+        self.kill_with(true)
+    }
+
+    /// Like [`JobCgroup::kill`], never freezing: for a job whose sandbox pid 1 was SIGKILLed
+    /// first (the kernel then kills its whole pid namespace, where no process can fork any
+    /// more, so there is no fork race to hold still). A killer that dies half-way (the job's
+    /// supervisor, killed with its daemon) must not leave the job frozen with its SIGKILLs
+    /// pending: a frozen v1 task never acts on them.
+    pub fn kill_without_freezing(&self) -> Result<(), CgroupError> {
+        self.kill_with(false)
+    }
+
+    fn kill_with(&self, freeze: bool) -> Result<(), CgroupError> {
         match &self.kind {
             JobKind::Empty => Ok(()),
-            JobKind::V1(job) => job.kill(),
-            JobKind::V2(job) => job.kill(),
+            JobKind::V1(job) => job.kill(freeze),
+            JobKind::V2(job) => job.kill(freeze),
         }
     }
 

@@ -260,13 +260,15 @@ impl Job {
         }
     }
 
-    pub(crate) fn kill(&self) -> Result<(), CgroupError> {
+    /// `freeze`: hold the job still while signalling (beats a fork race; see
+    /// [`super::JobCgroup::kill_without_freezing`] for when not to).
+    pub(crate) fn kill(&self, freeze: bool) -> Result<(), CgroupError> {
         let procs: Vec<PathBuf> = self
             .distinct()
             .iter()
             .map(|d| d.join("cgroup.procs"))
             .collect();
-        let Some(freezer) = &self.freezer else {
+        let Some(freezer) = self.freezer.as_ref().filter(|_| freeze) else {
             return fs::kill_until_empty(&procs, None);
         };
         let state = freezer.join("freezer.state");
@@ -426,6 +428,38 @@ mod tests {
     }
 
     use crate::sandbox::cgroup::Backend;
+
+    #[test]
+    fn killing_without_freezing_never_touches_the_freezer() {
+        // A supervisor killed between freeze and thaw would leave its job frozen, SIGKILLs
+        // pending, forever: after pid 1 is dead the supervisor kills without the freezer.
+        let (tmp, h) = fake_hybrid(Faults::default());
+        let job = h.create_job(None, "job-f", &LIMITS).unwrap();
+        // A freezer that cannot be written: any freeze fails loudly.
+        let state = tmp.path().join("sys/fs/cgroup/freezer/job-f/freezer.state");
+        std::fs::remove_file(&state).unwrap();
+        std::fs::create_dir(&state).unwrap();
+        let mut child = std::process::Command::new("/bin/sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let procs: Vec<PathBuf> = job.paths().iter().map(|d| d.join("cgroup.procs")).collect();
+        for p in &procs {
+            write(p, format!("{}\n", child.id())).unwrap();
+        }
+        // Control: the ordinary kill freezes first, and fails here.
+        assert!(job.kill().is_err());
+        // The fake kernel: the cgroup is empty once its process is dead.
+        let emptied = std::thread::spawn(move || {
+            child.wait().unwrap();
+            for p in &procs {
+                write(p, "").unwrap();
+            }
+        });
+        job.kill_without_freezing().unwrap();
+        emptied.join().unwrap();
+        job.remove().unwrap();
+    }
 
     #[test]
     fn a_failure_in_the_second_hierarchy_removes_the_first() {

@@ -221,12 +221,17 @@ impl Job {
         }
     }
 
-    pub(crate) fn kill(&self) -> Result<(), CgroupError> {
+    /// `freeze`: before Linux 5.14, hold the job still while signalling (see
+    /// [`super::JobCgroup::kill_without_freezing`] for when not to).
+    pub(crate) fn kill(&self, freeze: bool) -> Result<(), CgroupError> {
         let file = self.dir.join("cgroup.kill");
         if file.exists() {
             // Linux 5.14+: the kernel SIGKILLs every process, including ones forking meanwhile.
             return fs::write_file(&file, "1")
                 .map_err(|source| CgroupError::KillWrite { file, source });
+        }
+        if !freeze {
+            return fs::kill_until_empty(&[self.dir.join("cgroup.procs")], None);
         }
         let freeze_file = self.dir.join("cgroup.freeze");
         let freeze = |on: bool| {
