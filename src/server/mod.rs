@@ -14,6 +14,7 @@ pub mod approvals;
 pub mod artifacts;
 pub mod auth;
 pub mod guard;
+pub mod inproc;
 pub mod listen;
 mod record;
 pub mod spawner;
@@ -89,6 +90,29 @@ struct Guard {
 }
 
 impl Server {
+    /// The handlers' shared state with nothing in it yet. `serve` passes the real spawner; the
+    /// in-process tests and the HTTP fuzzer pass [`spawner::Spawner::disconnected`].
+    pub fn new(
+        config: Config,
+        spawner: spawner::Spawner,
+        audit: crate::audit::AuditHandle,
+        cgroup_version: Option<u8>,
+    ) -> Server {
+        Server {
+            config,
+            spawner,
+            metrics: Metrics::default(),
+            state: Mutex::new(State::default()),
+            guard: Mutex::new(Guard::default()),
+            shutdown: CancellationToken::new(),
+            jobs: TaskTracker::new(),
+            am_root: sys::geteuid() == 0,
+            audit,
+            approvals: approvals::Approvals::default(),
+            cgroup_version,
+        }
+    }
+
     pub fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -413,19 +437,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         .enable_all()
         .build()
         .map_err(ServeError::Runtime)?;
-    let srv = Arc::new(Server {
-        config,
-        spawner,
-        metrics: Metrics::default(),
-        state: Mutex::new(State::default()),
-        guard: Mutex::new(Guard::default()),
-        shutdown: CancellationToken::new(),
-        jobs: TaskTracker::new(),
-        am_root,
-        audit,
-        approvals: approvals::Approvals::default(),
-        cgroup_version,
-    });
+    let srv = Arc::new(Server::new(config, spawner, audit, cgroup_version));
     rt.block_on(run(srv.clone(), listeners));
     drop(rt);
     match Arc::try_unwrap(srv) {

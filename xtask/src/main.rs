@@ -1,6 +1,7 @@
 //! Project automation (`cargo xtask …`), matklad's pattern: plain Rust, no make.
 //!
 //! - `ci`: everything CI checks. If it passes locally, `.ci/run` passes.
+//! - `fuzz`: the cargo-fuzz targets and the schemathesis API run (docs/fuzzing.md).
 //! - `bench`: the published latency/throughput comparison (see docs/benchmarks.md).
 //! - `dist`: man pages and shell completions rendered from the clap definitions.
 //! - `deb`: the Debian package (`[package.metadata.deb]` in Cargo.toml, built with dpkg-deb).
@@ -8,6 +9,7 @@
 mod bench;
 mod ci;
 mod daemon;
+mod fuzz;
 mod install_smoke;
 mod package;
 
@@ -21,6 +23,7 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("ci") => ci::run(),
         Some("bench") => bench::run(&args[1..]),
+        Some("fuzz") => fuzz::run(&args[1..]),
         Some("dist") => package::dist().map(drop),
         Some("deb") => package::deb().map(drop),
         Some("deb-test") => install_smoke::run(),
@@ -29,6 +32,7 @@ fn main() -> Result<()> {
                 "usage: cargo xtask <task>\n\n\
                  tasks:\n  ci      fmt, clippy, tests as root and as an unprivileged user (what .ci/run runs)\n  \
                  bench   execbox vs bwrap vs unshare vs bare latency, and stdout throughput\n  \
+                 fuzz    cargo-fuzz targets (--target NAME|all, --secs N) or schemathesis (--api)\n  \
                  dist    man pages and shell completions into target/dist/\n  \
                  deb     the Debian package into target/debian/ (release build + dist + dpkg-deb)\n  \
                  deb-test  build, install, doctor, smoke-test and purge the package (root; part of ci)"
