@@ -180,6 +180,64 @@ mod tests {
         });
     }
 
+    /// Found by schemathesis (ST202/ST201): JSON numbers written with a fraction or exponent
+    /// are integers when whole (JSON Schema's `integer`), and optional fields may be null.
+    /// A fractional count is still refused.
+    #[test]
+    fn whole_floats_and_nulls_are_accepted_in_exec_fractions_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let srv = server(dir.path());
+        rt().block_on(async {
+            let reply = exchange(srv.clone(), Socket::Agent, AGENT, &post("/v1/sessions", None, r#"{"profile": null}"#)).await;
+            assert_eq!(reply.statuses, [http::StatusCode::CREATED]);
+            let token = body_json(&reply)["token"].as_str().unwrap().to_string();
+            let exec = |body: &'static str| {
+                let (srv, token) = (srv.clone(), token.clone());
+                async move { exchange(srv, Socket::Agent, AGENT, &post("/v1/exec", Some(&token), body)).await }
+            };
+            let ok = exec(r#"{"command": "true", "timeout": null, "cwd": null, "argv": null, "limits": {"memory": 37534056.0, "output": 1e6, "pids": 132.0}}"#).await;
+            assert_eq!(ok.statuses, [http::StatusCode::OK], "{}", String::from_utf8_lossy(&ok.bytes));
+            for bad in [
+                r#"{"command": "true", "limits": {"pids": 1.5}}"#,
+                r#"{"command": "true", "limits": {"memory": -1.0}}"#,
+                r#"{"command": "true", "limits": {"output": 0.5}}"#,
+            ] {
+                let r = exec(bad).await;
+                assert_eq!(r.statuses, [http::StatusCode::BAD_REQUEST], "{bad}");
+            }
+        });
+    }
+
+    /// Found by schemathesis (ST204): an undeclared method on an operator path answered 404,
+    /// and 405s had no `Allow` header.
+    #[test]
+    fn a_wrong_method_is_405_with_allow_and_an_unknown_path_404() {
+        let dir = tempfile::tempdir().unwrap();
+        let srv = server(dir.path());
+        rt().block_on(async {
+            for (socket, req, status, allow) in [
+                (Socket::Operator, "TRACE /v1/sessions", 405, Some("GET")),
+                (Socket::Operator, "PUT /v1/approvals/a_1", 405, Some("POST")),
+                (Socket::Agent, "TRACE /v1/sessions", 405, Some("POST")),
+                (Socket::Agent, "GET /v1/sessions/s_1", 405, Some("DELETE")),
+                (Socket::Agent, "GET /v1/nothing", 404, None),
+                (Socket::Agent, "GET /metrics", 404, None),
+            ] {
+                let raw = format!("{req} HTTP/1.1\r\nhost: x\r\n\r\n");
+                let reply = exchange(srv.clone(), socket, AGENT, raw.as_bytes()).await;
+                assert_eq!(reply.statuses, [status], "{req}");
+                let text = String::from_utf8_lossy(&reply.bytes).to_ascii_lowercase();
+                match allow {
+                    Some(a) => assert!(
+                        text.contains(&format!("allow: {}", a.to_ascii_lowercase())),
+                        "{req}: {text}"
+                    ),
+                    None => assert!(!text.contains("allow:"), "{req}: {text}"),
+                }
+            }
+        });
+    }
+
     #[test]
     fn operator_routes_are_not_on_the_agent_socket() {
         let dir = tempfile::tempdir().unwrap();

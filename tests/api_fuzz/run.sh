@@ -53,6 +53,10 @@ default_profile = "default"
 peer_rate = 100000
 session_rate = 100000
 bad_token_limit = 1000000
+# Longer than any pause in a run: the daemon closes an idle keep-alive connection after
+# header_timeout, and schemathesis's client reuses pooled connections without a retry, so
+# the close would race with the next request ("Remote end closed connection").
+header_timeout = "600s"
 [approvals]
 expiry = "200ms"
 [audit]
@@ -87,10 +91,10 @@ status=0
 run_st() { # SPEC PORT [extra args]
     local spec=$1 port=$2
     shift 2
-    "$venv/bin/st" run "$spec" --url "http://127.0.0.1:$port" \
-        --checks all --max-time "$secs" --request-timeout 10 --workers 2 \
+    (cd "$dir" && "$venv/bin/st" run "$spec" --url "http://127.0.0.1:$port" \
+        --checks all --max-time "$secs" --request-timeout 10 --workers 1 \
         --seed 8 --no-color --suppress-health-check too_slow \
-        "$@" || status=1
+        "$@") || status=1
 }
 run_st "$dir/agent.yaml" "$agent_port" -H "Authorization: Bearer $token"
 run_st "$dir/operator.yaml" "$operator_port"
@@ -102,7 +106,12 @@ fi
 out=$(curl -sf --max-time 30 --unix-socket "$dir/agent.sock" -X POST http://x/v1/exec \
     -H "Authorization: Bearer $token" -H 'content-type: application/json' \
     -d '{"command": "echo alive"}')
-if ! grep -q '"event":"exit".*"code":0' <<<"$out" || ! grep -q 'YWxpdmUK\|alive' <<<"$out"; then
+if ! "$venv/bin/python" -c '
+import base64, json, sys
+events = [json.loads(l) for l in sys.stdin if l.strip()]
+out = b"".join(base64.b64decode(e["data_b64"]) for e in events if e["event"] == "stdout")
+ok = events and events[-1]["event"] == "exit" and events[-1]["code"] == 0 and out == b"alive\n"
+sys.exit(0 if ok else 1)' <<<"$out"; then
     echo "api-fuzz: the final exec did not succeed:" >&2; echo "$out" >&2
     tail -50 "$dir/daemon.log" >&2; exit 1
 fi
