@@ -18,17 +18,13 @@ use std::sync::OnceLock;
 use execbox::audit::{Approval, AuditLog, Event, RotationPolicy, verify};
 use libfuzzer_sys::fuzz_target;
 
-/// A private scratch directory (tmpfs when there is one: each input is a file write).
+#[path = "scratch.rs"]
+mod scratch;
+
 fn dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let base = if std::path::Path::new("/dev/shm").is_dir() {
-            PathBuf::from("/dev/shm")
-        } else {
-            std::env::temp_dir()
-        };
-        let d = base.join(format!("execbox-fuzz-audit-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
+        let d = scratch::dir("audit");
         std::fs::create_dir_all(&d).expect("scratch dir");
         d
     })

@@ -21,6 +21,9 @@ use execbox::server::api::{Peer, Socket};
 use execbox::server::inproc::{disconnected_server, exchange};
 use libfuzzer_sys::fuzz_target;
 
+#[path = "scratch.rs"]
+mod scratch;
+
 const AGENT: Peer = Peer {
     uid: 4242,
     gid: 4242,
@@ -46,12 +49,7 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let base = if std::path::Path::new("/dev/shm").is_dir() {
-            PathBuf::from("/dev/shm")
-        } else {
-            std::env::temp_dir()
-        };
-        let dir = base.join(format!("execbox-fuzz-http-{}", std::process::id()));
+        let dir = scratch::dir("http");
         // Limits that keep one input's requests from throttling its own follow-ups; a short
         // approval expiry so an exec that needs approval ends instead of waiting 10 minutes.
         let config = format!(
