@@ -395,6 +395,13 @@ async fn read_json<T: for<'de> Deserialize<'de>>(
             "the body must be JSON; fix: send Content-Type: application/json",
         ));
     }
+    // Every request body is an object; serde would also read a struct from an array
+    // (`[null]` as `{"profile": null}`), which the spec does not allow (found by schemathesis).
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::bad(
+            "invalid JSON: the body must be a JSON object",
+        ));
+    }
     serde_json::from_slice(&body).map(Some).map_err(|e| {
         let m = e.to_string();
         if m.contains("unknown field") {

@@ -197,7 +197,11 @@ mod tests {
             };
             let ok = exec(r#"{"command": "true", "timeout": null, "cwd": null, "argv": null, "limits": {"memory": 37534056.0, "output": 1e6, "pids": 132.0}}"#).await;
             assert_eq!(ok.statuses, [http::StatusCode::OK], "{}", String::from_utf8_lossy(&ok.bytes));
+            // A struct must not be read from an array (serde's tuple form).
+            let arr = exchange(srv.clone(), Socket::Agent, AGENT, &post("/v1/sessions", None, "[null]")).await;
+            assert_eq!(arr.statuses, [http::StatusCode::BAD_REQUEST]);
             for bad in [
+                r#"["true"]"#,
                 r#"{"command": "true", "limits": {"pids": 1.5}}"#,
                 r#"{"command": "true", "limits": {"memory": -1.0}}"#,
                 r#"{"command": "true", "limits": {"output": 0.5}}"#,

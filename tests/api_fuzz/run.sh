@@ -66,7 +66,8 @@ mkdir -m 0700 "$dir/audit"
 "$bin" serve --config "$dir/execbox.toml" </dev/null >"$dir/daemon.log" 2>&1 &
 daemon=$!
 pids+=("$daemon")
-for _ in $(seq 200); do [ -S "$dir/agent.sock" ] && break; sleep 0.05; done
+# Generous: the start checks fork probes, slow on a loaded machine.
+for _ in $(seq 1200); do [ -S "$dir/agent.sock" ] && break; sleep 0.05; done
 [ -S "$dir/agent.sock" ] || { cat "$dir/daemon.log" >&2; echo "api-fuzz: the daemon did not start" >&2; exit 1; }
 
 free_port() { "$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

@@ -35,15 +35,17 @@ exec_props["timeout"] = {"oneOf": [
 size = {"oneOf": [
     {"type": "integer", "minimum": 1, "maximum": 64 << 20},
     {"type": "string", "pattern": "^[1-9][0-9]?MiB$"},
+    {"type": "null"},
 ]}
 exec_props["limits"]["properties"].update({
     "memory": {"oneOf": [
         {"type": "integer", "minimum": 4 << 20, "maximum": 1 << 30},
         {"type": "string", "pattern": "^([4-9]|[1-9][0-9])MiB$"},
+        {"type": "null"},
     ]},
     "output": size,
-    "pids": {"type": "integer", "minimum": 1, "maximum": 512},
-    "cpu": {"type": "number", "exclusiveMinimum": 0, "maximum": 2},
+    "pids": {"type": ["integer", "null"], "minimum": 1, "maximum": 512},
+    "cpu": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 2},
 })
 # - An absolute `cwd` is valid only under the session's workspace, a path the spec cannot
 #   know: here `cwd` is relative.
