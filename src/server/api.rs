@@ -79,6 +79,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub retry_after: Option<Duration>,
+    /// The `Allow` header of a 405.
+    pub allow: Option<String>,
 }
 
 impl ApiError {
@@ -88,6 +90,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            allow: None,
         }
     }
     pub(super) fn bad(message: impl Into<String>) -> ApiError {
@@ -116,6 +119,11 @@ impl ApiError {
             && let Ok(v) = HeaderValue::from_str(&w.as_secs().max(1).to_string())
         {
             r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        if let Some(a) = &self.allow
+            && let Ok(v) = HeaderValue::from_str(a)
+        {
+            r.headers_mut().insert(header::ALLOW, v);
         }
         r
     }
@@ -190,18 +198,18 @@ async fn route(
     match (socket, segs.as_slice()) {
         (Socket::Agent, ["v1", "sessions"]) => match method {
             Method::POST => create_session(srv, peer, req).await,
-            _ => Err(method_not_allowed()),
+            _ => Err(wrong_method(socket, &segs)),
         },
         (Socket::Agent, ["v1", "sessions", id]) => match method {
             Method::DELETE => {
                 let id = id.to_string();
                 delete_session(srv, peer, req, &id).await
             }
-            _ => Err(method_not_allowed()),
+            _ => Err(wrong_method(socket, &segs)),
         },
         (Socket::Agent, ["v1", "exec"]) => match method {
             Method::POST => exec(srv, peer, req).await,
-            _ => Err(method_not_allowed()),
+            _ => Err(wrong_method(socket, &segs)),
         },
         (Socket::Agent, ["v1", "jobs"]) => match method {
             Method::GET => {
@@ -209,7 +217,7 @@ async fn route(
                 let jobs = srv.state().jobs_for(&caller);
                 Ok(ok_json(StatusCode::OK, serde_json::json!({"jobs": jobs})))
             }
-            _ => Err(method_not_allowed()),
+            _ => Err(wrong_method(socket, &segs)),
         },
         (Socket::Agent, ["v1", "jobs", id]) => {
             let caller = srv.authenticate(peer, req.headers())?;
@@ -246,7 +254,7 @@ async fn route(
                         serde_json::json!({"job": id, "state": "cancelling"}),
                     ))
                 }
-                _ => Err(method_not_allowed()),
+                _ => Err(wrong_method(socket, &segs)),
             }
         }
         (Socket::Agent, ["v1", "jobs", id, "output"]) => match method {
@@ -261,7 +269,7 @@ async fn route(
                 let id = id.to_string();
                 super::artifacts::get(srv, peer, req, &id).await
             }
-            _ => Err(method_not_allowed()),
+            _ => Err(wrong_method(socket, &segs)),
         },
         (Socket::Operator, ["v1", "sessions"]) if method == Method::GET => {
             let st = srv.state();
@@ -293,7 +301,7 @@ async fn route(
                 let body = read_required(srv, req).await?;
                 decide(srv, peer, &id, body).await
             }
-            _ => Err(method_not_allowed()),
+            _ => Err(wrong_method(socket, &segs)),
         },
         (Socket::Operator, ["v1", "pairing"]) => match method {
             Method::POST => {
@@ -326,7 +334,31 @@ async fn route(
             );
             Ok(r)
         }
-        _ => Err(ApiError::not_found()),
+        _ => Err(wrong_method(socket, &segs)),
+    }
+}
+
+/// `405` with `Allow` naming the methods [`ROUTES`] has for this path on this socket (RFC
+/// 9110), or `404` when the path is no route here.
+fn wrong_method(socket: Socket, segs: &[&str]) -> ApiError {
+    let allow: Vec<&str> = ROUTES
+        .iter()
+        .filter(|(s, _, pattern)| {
+            let p: Vec<&str> = pattern.trim_start_matches('/').split('/').collect();
+            *s == socket
+                && p.len() == segs.len()
+                && p.iter()
+                    .zip(segs)
+                    .all(|(a, b)| a.starts_with('{') || a == b)
+        })
+        .map(|(_, m, _)| *m)
+        .collect();
+    if allow.is_empty() {
+        return ApiError::not_found();
+    }
+    ApiError {
+        allow: Some(allow.join(", ")),
+        ..method_not_allowed()
     }
 }
 
@@ -437,6 +469,13 @@ async fn read_json<T: for<'de> Deserialize<'de>>(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "the body must be JSON; fix: send Content-Type: application/json",
+        ));
+    }
+    // Every request body is an object; serde would also read a struct from an array
+    // (`[null]` as `{"profile": null}`), which the spec does not allow (found by schemathesis).
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::bad(
+            "invalid JSON: the body must be a JSON object",
         ));
     }
     serde_json::from_slice(&body).map(Some).map_err(|e| {
@@ -934,6 +973,9 @@ async fn delete_session(
 #[serde(untagged)]
 enum SizeValue {
     Bytes(u64),
+    /// JSON has one number type: `1e6` and `1000000.0` are the integer 1000000 to JSON Schema
+    /// (and to many clients' encoders). Found by schemathesis.
+    Number(f64),
     Text(String),
 }
 
@@ -941,9 +983,16 @@ impl SizeValue {
     fn bytes(&self, key: &str) -> Result<u64, ApiError> {
         match self {
             SizeValue::Bytes(n) => Ok(*n),
+            SizeValue::Number(f) => whole(*f)
+                .ok_or_else(|| ApiError::bad(format!("{key}: {f} is not a whole number of bytes"))),
             SizeValue::Text(t) => parse_size(t).map_err(|m| ApiError::bad(format!("{key}: {m}"))),
         }
     }
+}
+
+/// `f` as a u64 when it is a non-negative whole number in range.
+fn whole(f: f64) -> Option<u64> {
+    (f.is_finite() && f >= 0.0 && f.fract() == 0.0 && f < u64::MAX as f64).then_some(f as u64)
 }
 
 /// A duration as seconds or a string such as "30s".
@@ -958,7 +1007,8 @@ enum DurationValue {
 #[serde(deny_unknown_fields)]
 struct ExecLimits {
     memory: Option<SizeValue>,
-    pids: Option<u64>,
+    /// A number (see [`SizeValue::Number`]); checked to be whole where it is used.
+    pids: Option<f64>,
     cpu: Option<f64>,
     output: Option<SizeValue>,
 }
@@ -1105,6 +1155,7 @@ async fn exec(
         limits.memory = Some(m);
     }
     if let Some(p) = body.limits.pids {
+        let p = whole(p).ok_or_else(|| ApiError::bad("limits.pids must be a whole number"))?;
         limits.pids = Some(tighter("pids", p, limits.pids)?);
     }
     if let Some(o) = &body.limits.output {

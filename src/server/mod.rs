@@ -15,6 +15,7 @@ pub mod approvals;
 pub mod artifacts;
 pub mod auth;
 pub mod guard;
+pub mod inproc;
 pub mod listen;
 pub mod pairing;
 pub mod privilege;
@@ -103,6 +104,32 @@ struct Guard {
 }
 
 impl Server {
+    /// The handlers' shared state with nothing in it yet. `serve` passes the real spawner; the
+    /// in-process tests and the HTTP fuzzer pass [`spawner::Spawner::disconnected`].
+    pub fn new(
+        config: Config,
+        spawner: spawner::Spawner,
+        audit: crate::audit::AuditHandle,
+        cgroup_version: Option<u8>,
+    ) -> Server {
+        let retained = retain::Store::new(config.detach.clone());
+        Server {
+            config,
+            spawner,
+            metrics: Metrics::default(),
+            state: Mutex::new(State::default()),
+            guard: Mutex::new(Guard::default()),
+            shutdown: CancellationToken::new(),
+            jobs: TaskTracker::new(),
+            am_root: sys::geteuid() == 0,
+            audit,
+            approvals: approvals::Approvals::default(),
+            cgroup_version,
+            pairing: pairing::Pairing::new(pairing::clock::from_env()),
+            retained,
+        }
+    }
+
     pub fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -460,22 +487,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         .enable_all()
         .build()
         .map_err(ServeError::Runtime)?;
-    let retained = retain::Store::new(config.detach.clone());
-    let srv = Arc::new(Server {
-        config,
-        spawner,
-        metrics: Metrics::default(),
-        state: Mutex::new(State::default()),
-        guard: Mutex::new(Guard::default()),
-        shutdown: CancellationToken::new(),
-        jobs: TaskTracker::new(),
-        am_root,
-        audit,
-        approvals: approvals::Approvals::default(),
-        cgroup_version,
-        pairing: pairing::Pairing::new(pairing::clock::from_env()),
-        retained,
-    });
+    let srv = Arc::new(Server::new(config, spawner, audit, cgroup_version));
     let stop = rt.block_on(run(srv.clone(), listeners));
     drop(rt);
     match Arc::try_unwrap(srv) {

@@ -231,6 +231,20 @@ impl Spawner {
         })
     }
 
+    /// A spawner that takes no job: its socket's other end is closed, so every
+    /// [`Spawner::submit`] fails (EPIPE) and the job ends as `setup_failed` at step `spawner`.
+    /// Nothing is forked. For driving the real router in-process (tests, `fuzz/`), where a
+    /// request that passes policy must not run anything.
+    pub fn disconnected() -> Result<Spawner, SpawnerError> {
+        let (ours, theirs) = UnixStream::pair().map_err(SpawnerError::Socket)?;
+        drop(theirs);
+        Ok(Spawner {
+            sock: Mutex::new(ours),
+            // No process: `shutdown` must not wait for or signal anything.
+            pid: 0,
+        })
+    }
+
     /// Hands one job to the spawner (blocking: call from a blocking context). The caller closes
     /// its copies of the passed descriptors afterwards.
     pub fn submit(&self, req: &JobRequest, fds: &JobFds) -> Result<(), SpawnerError> {
@@ -261,6 +275,10 @@ impl Spawner {
             .sock
             .into_inner()
             .map(|s| s.shutdown(std::net::Shutdown::Both));
+        if self.pid <= 0 {
+            // `disconnected`: pid 0 would mean "our process group" to kill(2).
+            return;
+        }
         for _ in 0..50 {
             if matches!(sys::waitpid_nohang(self.pid), Ok(Some(_)) | Err(_)) {
                 return;

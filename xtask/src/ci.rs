@@ -1,4 +1,5 @@
-//! `cargo xtask ci`: formatting, lints, the whole test suite as root, then the sandbox suite
+//! `cargo xtask ci`: formatting, lints, the whole test suite as root, short fuzz runs (the
+//! cargo-fuzz targets and schemathesis against the API), then the sandbox suite
 //! again as an unprivileged user with a delegated cgroup subtree (the two ways execbox runs),
 //! then (as root) the package: build, install, doctor, a smoke test, purge.
 
@@ -28,6 +29,9 @@ pub fn run() -> Result<()> {
             .args(["test", "--workspace"])
             .env("EXECBOX_REQUIRE_ALL", "1"),
     )?;
+    // Short runs: a crash, a hang (>10 s) or an OOM fails CI (docs/fuzzing.md).
+    crate::fuzz::ci()?;
+    crate::fuzz::api_fuzz(crate::fuzz::CI_API_SECS)?;
     if is_root() {
         unprivileged_pass()?;
         crate::install_smoke::run()?;

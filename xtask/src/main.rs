@@ -1,6 +1,7 @@
 //! Project automation (`cargo xtask …`), matklad's pattern: plain Rust, no make.
 //!
 //! - `ci`: everything CI checks. If it passes locally, `.ci/run` passes.
+//! - `fuzz`: the cargo-fuzz targets and the schemathesis API run (docs/fuzzing.md).
 //! - `bench`: the published latency/throughput comparison (see docs/benchmarks.md).
 //! - `load`: the fault and load tests at a larger scale (see docs/reliability.md).
 //! - `dist`: man pages and shell completions rendered from the clap definitions.
@@ -9,6 +10,7 @@
 mod bench;
 mod ci;
 mod daemon;
+mod fuzz;
 mod install_smoke;
 mod load;
 mod package;
@@ -24,6 +26,7 @@ fn main() -> Result<()> {
         Some("ci") => ci::run(),
         Some("bench") => bench::run(&args[1..]),
         Some("load") => load::run(&args[1..]),
+        Some("fuzz") => fuzz::run(&args[1..]),
         Some("dist") => package::dist().map(drop),
         Some("deb") => package::deb().map(drop),
         Some("deb-test") => install_smoke::run(),
@@ -33,6 +36,7 @@ fn main() -> Result<()> {
                  tasks:\n  ci      fmt, clippy, tests as root and as an unprivileged user (what .ci/run runs)\n  \
                  bench   execbox vs bwrap vs unshare vs bare latency, and stdout throughput\n  \
                  load    fault and load tests at scale (--jobs N, --rounds N, --race-rounds N, --release)\n  \
+                 fuzz    cargo-fuzz targets (--target NAME|all, --secs N) or schemathesis (--api)\n  \
                  dist    man pages and shell completions into target/dist/\n  \
                  deb     the Debian package into target/debian/ (release build + dist + dpkg-deb)\n  \
                  deb-test  build, install, doctor, smoke-test and purge the package (root; part of ci)"
