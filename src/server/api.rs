@@ -262,7 +262,7 @@ async fn route(
                 let caller = srv.authenticate(peer, req.headers())?;
                 retained_output(srv, &caller, id, req.uri().query())
             }
-            _ => Err(method_not_allowed()),
+            _ => Err(wrong_method(socket, &segs)),
         },
         (Socket::Agent, ["v1", "artifacts", id]) => match method {
             Method::GET => {
@@ -309,14 +309,14 @@ async fn route(
                 super::pairing::routes::issue(srv, peer, body).await
             }
             Method::GET => super::pairing::routes::list(srv),
-            _ => Err(method_not_allowed()),
+            _ => Err(wrong_method(socket, &segs)),
         },
         (Socket::Operator, ["v1", "pairing", id]) => match method {
             Method::DELETE => {
                 let id = id.to_string();
                 super::pairing::routes::revoke(srv, peer, &id).await
             }
-            _ => Err(method_not_allowed()),
+            _ => Err(wrong_method(socket, &segs)),
         },
         (Socket::Operator, ["v1", "audit"]) if method == Method::GET => {
             audit_since(srv, req.uri().query()).await

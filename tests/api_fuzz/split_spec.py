@@ -13,7 +13,7 @@ spec_path, out = sys.argv[1], sys.argv[2]
 with open(spec_path) as f:
     spec = yaml.safe_load(f)
 
-# Two narrowings for this deployment, each a fact about the test daemon rather than a check
+# Narrowings for this deployment, each a fact about the test daemon rather than a check
 # switched off (docs/fuzzing.md):
 # - `wait` on GET /v1/approvals is a long poll: a valid `wait=300s` holds the reply 300 s, as
 #   specified, which no per-request timeout can tell from a hang. Here it is at most 4 s.
@@ -54,6 +54,17 @@ spec["components"]["schemas"]["SessionRequest"]["properties"]["profile"] = {
     "type": ["string", "null"],
     "enum": ["default", None],
 }
+# - A pairing code is redeemed only without a token (it creates a root session), and every
+#   request of this harness carries one: here the code is always null. Redemption is covered
+#   by tests/suite/pairing.rs and the `http` cargo-fuzz target.
+spec["components"]["schemas"]["SessionRequest"]["properties"]["pairing_code"] = {"type": "null"}
+# - POST /v1/pairing (operator): the profile is one of the test daemon's, the workspace an
+#   existing directory the harness cannot name (so the daemon's own, null), and the ttl within
+#   [1s, pairing.max_ttl].
+pairing = spec["components"]["schemas"]["PairingRequest"]["properties"]
+pairing["profile"] = {"type": ["string", "null"], "enum": ["default", "dev", "strict", None]}
+pairing["workspace"] = {"type": "null"}
+pairing["ttl"] = {"type": ["string", "null"], "pattern": "^([1-9][0-9]?m|[1-9]h)$"}
 for socket in ("agent", "operator"):
     part = copy.deepcopy(spec)
     part["paths"] = {}
