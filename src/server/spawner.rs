@@ -317,8 +317,14 @@ fn spawner_main(sock: &UnixStream, parent: libc::pid_t, ctx: &SpawnerContext) ->
             events: libc::POLLIN,
             revents: 0,
         }];
-        // Idle with parts to build: build one between requests, never ahead of one.
-        let timeout = if pool.wants_more() { 0 } else { 1000 };
+        // Parts to build: build one once no request came for REFILL_AFTER_MS, so the building
+        // (it takes the kernel's cgroup and network locks) does not slow the job just sent
+        // off, and never ahead of a waiting request.
+        let timeout = if pool.wants_more() {
+            REFILL_AFTER_MS
+        } else {
+            1000
+        };
         let ready = sys::poll(&mut pfd, timeout).unwrap_or(0);
         reap();
         if ready == 0 {
@@ -372,6 +378,10 @@ struct WarmPool {
     limits: CgroupLimits,
     built: u64,
 }
+
+/// Quiet time before the spawner builds a part: a job's own start (clone, id maps, cgroup
+/// attach, mounts) takes a few milliseconds and contends for the same kernel locks.
+const REFILL_AFTER_MS: i32 = 8;
 
 /// How many are kept ready: enough for a burst of two, cheap to hold (an idle namespace with
 /// only `lo`, empty cgroup directories).
