@@ -4,10 +4,10 @@
 //!
 //! It must never guess: a construct it does not positively understand becomes a
 //! [`FailClosed`] entry. Work is bounded before brush-parser sees the input (size and a nesting
-//! pre-scan, because the parser recurses) and during the walk (a node budget and a deadline),
+//! pre-scan, because the parser recurses) and during the walk (a node budget and a CPU-time budget),
 //! so pathological input is decided in milliseconds.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use brush_parser::ast;
 use brush_parser::word::{
@@ -32,7 +32,8 @@ const MAX_BRACE_WORDS: usize = 256;
 pub const MAX_TOKENS: usize = 1500;
 /// Pipeline stages linked per pipeline (linking is quadratic in stages).
 const MAX_STAGES: usize = 64;
-/// Wall-clock budget for one analysis.
+/// CPU-time budget for one analysis (the thread's own CPU time, so a busy machine does not
+/// turn ordinary commands into budget failures; `MAX_NODES` bounds the work as well).
 const BUDGET: Duration = Duration::from_millis(50);
 
 /// Programs that read shell code from their arguments or stdin.
@@ -45,7 +46,8 @@ pub const SHELLS: &[&str] = &[
 pub(crate) struct Walker {
     pub(crate) out: Analysis,
     nodes: usize,
-    deadline: Instant,
+    /// The thread's CPU time when the analysis began.
+    started: Duration,
     exhausted: bool,
     /// The working directory relative to the workspace, as far as the walk knows.
     pub(crate) cwd: Option<String>,
@@ -83,7 +85,7 @@ impl Walker {
         Walker {
             out: Analysis::default(),
             nodes: 0,
-            deadline: Instant::now() + BUDGET,
+            started: crate::sandbox::sys::thread_cpu_time(),
             exhausted: false,
             cwd: Some(String::new()),
             functions: Vec::new(),
@@ -107,7 +109,8 @@ impl Walker {
         }
         self.nodes += 1;
         if self.nodes > MAX_NODES
-            || (self.nodes.is_multiple_of(64) && Instant::now() > self.deadline)
+            || (self.nodes.is_multiple_of(64)
+                && crate::sandbox::sys::thread_cpu_time().saturating_sub(self.started) > BUDGET)
         {
             self.exhausted = true;
             self.fail(

@@ -135,6 +135,22 @@ pub fn fork<F: FnOnce() -> std::convert::Infallible>(child: F) -> SysResult<libc
     Ok(pid)
 }
 
+/// CPU time the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`): unlike the wall clock,
+/// it does not grow while the thread waits for a busy machine. `Duration::MAX` if unreadable
+/// (it never is on Linux), so a budget checked against it fails closed.
+pub fn thread_cpu_time() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid, writable timespec.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if r != 0 {
+        return std::time::Duration::MAX;
+    }
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 /// `_exit(2)`: leaves without running destructors or atexit handlers.
 pub fn exit(code: i32) -> ! {
     // SAFETY: _exit is always safe to call and does not return.
