@@ -34,7 +34,7 @@ exec_props["timeout"] = {"oneOf": [
 ]}
 size = {"oneOf": [
     {"type": "integer", "minimum": 1, "maximum": 64 << 20},
-    {"type": "string", "pattern": "^[1-9][0-9]?MiB$"},
+    {"type": "string", "pattern": "^([1-9]|[1-5][0-9]|6[0-4])MiB$"},
     {"type": "null"},
 ]}
 exec_props["limits"]["properties"].update({
