@@ -47,6 +47,9 @@ fn every_daemon_job_gets_a_network_namespace_no_other_job_had() {
     // Namespace numbers are recycled once a namespace is freed, so sameness is only
     // meaningful among jobs alive together: more at once than the spawner keeps ready, twice
     // (the second round after it refilled).
+    // The spawner builds ahead only after a quiet moment (8 ms without a request): give it
+    // time, which a loaded CI machine stretches.
+    std::thread::sleep(std::time::Duration::from_millis(1000));
     for round in 0..2 {
         let probed: Vec<(String, bool)> = std::thread::scope(|s| {
             let jobs: Vec<_> = (0..5).map(|_| s.spawn(|| job_netns(&d, &token))).collect();
@@ -72,7 +75,7 @@ fn every_daemon_job_gets_a_network_namespace_no_other_job_had() {
                 "round {round}: two live jobs shared {ns}: {seen:?}"
             );
         }
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        std::thread::sleep(std::time::Duration::from_millis(1000));
     }
 }
 
