@@ -935,11 +935,33 @@ fn over_limit(text: &str, depth: usize) -> Option<(&'static str, String)> {
             format!("about {tokens} tokens, limit {MAX_TOKENS}"),
         ));
     }
+    if let Some(digits) = oversized_fd_number(text) {
+        return Some((
+            "fd-number-too-large",
+            format!("a redirection's descriptor number has {digits} digits"),
+        ));
+    }
     let nesting = nesting_estimate(text);
     (nesting > MAX_NESTING).then(|| {
         let detail = format!("syntactic nesting about {nesting}, limit {MAX_NESTING}");
         ("nesting-too-deep", detail)
     })
+}
+
+/// Digits directly before `<` or `>` are a redirection's descriptor number; brush-parser
+/// panics on one that does not fit an integer (found by the `policy` fuzz target). No real
+/// descriptor has 10 digits, so such input fails closed before it reaches the parser.
+/// Quoting is ignored on purpose: it can only refuse more.
+fn oversized_fd_number(text: &str) -> Option<usize> {
+    let mut run = 0;
+    for b in text.bytes() {
+        match b {
+            b'0'..=b'9' => run += 1,
+            b'<' | b'>' if run >= 10 => return Some(run),
+            _ => run = 0,
+        }
+    }
+    None
 }
 
 /// A cheap upper bound of the tokens brush-parser would produce: whitespace-separated runs plus
