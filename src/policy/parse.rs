@@ -948,18 +948,46 @@ fn over_limit(text: &str, depth: usize) -> Option<(&'static str, String)> {
     })
 }
 
-/// Digits directly before `<` or `>` are a redirection's descriptor number; brush-parser
-/// panics on one that does not fit an integer (found by the `policy` fuzz target). No real
-/// descriptor has 10 digits, so such input fails closed before it reaches the parser.
-/// Quoting is ignored on purpose: it can only refuse more.
+/// A word of only digits directly followed by `<` or `>` is a redirection's descriptor number;
+/// brush-parser panics on one that does not fit an integer (found by the `policy` fuzz
+/// target). No real descriptor has 10 digits, so such input fails closed before it reaches
+/// the parser. Quoted text and digits inside a longer word (`nonce=000…>`) are not numbers.
 fn oversized_fd_number(text: &str) -> Option<usize> {
-    let mut run = 0;
+    let (mut single, mut double, mut escaped) = (false, false, false);
+    let mut run: Option<usize> = None; // digits since a word start, if the word is all digits
+    let mut at_word_start = true;
     for b in text.bytes() {
-        match b {
-            b'0'..=b'9' => run += 1,
-            b'<' | b'>' if run >= 10 => return Some(run),
-            _ => run = 0,
+        if escaped {
+            escaped = false;
+            run = None;
+            at_word_start = false;
+            continue;
         }
+        match b {
+            b'\\' if !single => escaped = true,
+            b'\'' if !double => single = !single,
+            b'"' if !single => double = !double,
+            _ if single || double => {}
+            b'0'..=b'9' => {
+                run = match run {
+                    Some(n) => Some(n + 1),
+                    None if at_word_start => Some(1),
+                    None => None,
+                };
+                at_word_start = false;
+                continue;
+            }
+            b'<' | b'>' => {
+                if let Some(n) = run.filter(|n| *n >= 10) {
+                    return Some(n);
+                }
+            }
+            _ => {}
+        }
+        at_word_start = matches!(b, b' ' | b'\t' | b'\n' | b';' | b'&' | b'|' | b'(' | b')')
+            && !single
+            && !double;
+        run = None;
     }
     None
 }
