@@ -9,7 +9,7 @@
 //! sysctls), and it is as empty as a fresh `CLONE_NEWNET` one: only `lo`.
 
 use std::fs::File;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use super::cgroup::{CgroupLimits, Hierarchy, JobCgroup};
@@ -66,10 +66,6 @@ impl Prewarmed {
             c.job.disown();
         }
         drop(self.netns);
-    }
-
-    pub fn netns(&self) -> Option<BorrowedFd<'_>> {
-        self.netns.as_ref().map(|f| f.as_fd())
     }
 }
 
