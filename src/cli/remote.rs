@@ -4,6 +4,7 @@
 //! arrives and exits like the in-process path (the command's code, 124, 125, 126, 137).
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::ExitCode;
@@ -11,6 +12,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+
+use crate::sandbox::Stream;
 
 /// What to run, already validated by `run.rs`.
 pub struct Remote<'a> {
@@ -203,20 +206,42 @@ fn exec(r: &Remote<'_>, token: &str) -> Result<u8> {
             super::run::EXIT_SETUP
         });
     }
-    let mut out = std::io::stdout();
+    // Output goes straight to our stdout's descriptor: `Stdout` is line-buffered and scans
+    // every chunk for its last newline, a visible cost at high output rates.
+    let mut out = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+        .context("duplicate stdout")?;
     let mut err = std::io::stderr();
+    // NDJSON lines may span chunks. `pending[..scan]` is known to hold no newline, so each
+    // byte is searched once however long the line (a 1 MiB output event spans many chunks).
     let mut pending = Vec::new();
+    let mut scan = 0;
+    let mut data = Vec::new();
     while let Some(c) = reply.chunk()? {
         pending.extend_from_slice(&c);
-        while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=pos).collect();
-            let ev: serde_json::Value = serde_json::from_slice(&line)?;
+        let mut from = 0;
+        while let Some(p) = memchr::memchr(b'\n', &pending[scan..]) {
+            let line = &pending[from..scan + p];
+            (from, scan) = (scan + p + 1, scan + p + 1);
+            data.clear();
+            if let Some((stream, b64)) = output_line(line)
+                && base64_simd::STANDARD.decode_append(b64, &mut data).is_ok()
+            {
+                if stream == Stream::Stdout {
+                    out.write_all(&data)?;
+                } else {
+                    err.write_all(&data)?;
+                }
+                continue;
+            }
+            let ev: serde_json::Value = serde_json::from_slice(line)?;
             match ev["event"].as_str() {
-                Some("stdout") | Some("stderr") => {
+                Some(name @ ("stdout" | "stderr")) => {
                     let data = B64.decode(ev["data_b64"].as_str().unwrap_or(""))?;
-                    if ev["event"] == "stdout" {
+                    if name == "stdout" {
                         out.write_all(&data)?;
-                        out.flush()?;
                     } else {
                         err.write_all(&data)?;
                     }
@@ -225,8 +250,25 @@ fn exec(r: &Remote<'_>, token: &str) -> Result<u8> {
                 _ => {}
             }
         }
+        pending.drain(..from);
+        scan = pending.len();
     }
     bail!("the daemon closed the stream before the job's exit")
+}
+
+/// An output event in the exact form the daemon writes (`{"event":"stdout","data_b64":"…"}`):
+/// its payload is decoded without building a JSON value. Any other form returns `None` and
+/// goes through the JSON parser. The payload is not searched for a stray `"` (a second scan of
+/// every line): the base64 decoder rejects it, and the caller then parses the line as JSON.
+fn output_line(line: &[u8]) -> Option<(Stream, &[u8])> {
+    let rest = line.strip_prefix(b"{\"event\":\"")?;
+    let (stream, rest) = match rest.strip_prefix(b"stdout") {
+        Some(r) => (Stream::Stdout, r),
+        None => (Stream::Stderr, rest.strip_prefix(b"stderr")?),
+    };
+    rest.strip_prefix(b"\",\"data_b64\":\"")?
+        .strip_suffix(b"\"}")
+        .map(|b64| (stream, b64))
 }
 
 fn finish(json: bool, ev: &serde_json::Value) -> u8 {
@@ -250,4 +292,33 @@ fn finish(json: bool, ev: &serde_json::Value) -> u8 {
         eprintln!("execbox: {message}");
     }
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_events_in_the_daemons_form_are_read_without_a_json_value() {
+        let line = br#"{"event":"stderr","data_b64":"aGk="}"#;
+        assert_eq!(output_line(line), Some((Stream::Stderr, &b"aGk="[..])));
+        let line = br#"{"event":"stdout","data_b64":""}"#;
+        assert_eq!(output_line(line), Some((Stream::Stdout, &b""[..])));
+        // Any other form (key order, spacing, extra keys, other events) is left to serde.
+        for other in [
+            &br#"{"data_b64":"aGk=","event":"stdout"}"#[..],
+            br#"{"event": "stdout","data_b64":"aGk="}"#,
+            br#"{"event":"started","job":"j_1"}"#,
+        ] {
+            assert_eq!(
+                output_line(other),
+                None,
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
+        // A key after the payload is caught by the decoder, and the line goes to serde.
+        let (_, b64) = output_line(br#"{"event":"stdout","data_b64":"aGk=","x":"y"}"#).unwrap();
+        assert!(base64_simd::STANDARD.decode_to_vec(b64).is_err());
+    }
 }

@@ -1050,6 +1050,23 @@ fn ndjson(v: serde_json::Value) -> Bytes {
     Bytes::from(s)
 }
 
+/// One `stdout`/`stderr` event line, written directly: base64 never needs JSON escaping, and
+/// running megabytes of it through the serializer's escape scan was the daemon's largest cost
+/// at high output rates (`perf`: `format_escaped_str`, then the scalar base64 encoder). `stream` is one of the two names.
+fn output_event(stream: &str, data: &[u8]) -> Bytes {
+    const MID: &[u8] = b"\",\"data_b64\":\"";
+    const END: &[u8] = b"\"}\n";
+    let encoded = base64_simd::STANDARD.encoded_length(data.len());
+    let mut line = Vec::with_capacity(10 + stream.len() + MID.len() + encoded + END.len());
+    line.extend_from_slice(b"{\"event\":\"");
+    line.extend_from_slice(stream.as_bytes());
+    line.extend_from_slice(MID);
+    // SIMD base64: several GB/s where the scalar engine managed about one.
+    base64_simd::STANDARD.encode_append(data, &mut line);
+    line.extend_from_slice(END);
+    Bytes::from(line)
+}
+
 /// A response body fed by a channel; dropped when the client goes away.
 pub(super) struct ChannelBody(pub(super) mpsc::Receiver<Bytes>);
 
@@ -1916,8 +1933,9 @@ impl Relay {
         for stream in ["stdout", "stderr"] {
             let tail = self.guard.flush(stream);
             if !tail.is_empty() {
-                let ev = serde_json::json!({"event": stream, "data_b64": B64.encode(&tail)});
-                self.emit(&mut client_gone, ev).await;
+                let n = tail.len() as u64;
+                self.emit_line(&mut client_gone, output_event(stream, &tail), n)
+                    .await;
             }
         }
         let keep = self.srv.config.limits.finished_jobs_kept;
@@ -2021,8 +2039,7 @@ impl Relay {
             return;
         }
         let n = data.len() as u64;
-        let v = serde_json::json!({"event": stream, "data_b64": B64.encode(data)});
-        self.emit_line(gone, ndjson(v), n).await;
+        self.emit_line(gone, output_event(stream, &data), n).await;
     }
 
     async fn emit(&self, gone: &mut bool, v: serde_json::Value) {
@@ -2076,6 +2093,22 @@ async fn read_opt(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_events_are_the_json_a_serializer_would_write() {
+        for len in [0usize, 1, 2, 3, 4, 5, 64 << 10] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 256) as u8).collect();
+            for stream in ["stdout", "stderr"] {
+                let line = output_event(stream, &data);
+                assert!(line.ends_with(b"\n"));
+                let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+                assert_eq!(
+                    v,
+                    serde_json::json!({"event": stream, "data_b64": B64.encode(&data)})
+                );
+            }
+        }
+    }
 
     /// (method, path, socket) of every operation in `docs/openapi.yaml`, by a line scan of its
     /// `paths:` section (2-space path keys, 4-space method keys, 6-space `x-socket`).

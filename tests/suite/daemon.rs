@@ -898,6 +898,8 @@ fn run_through_the_daemon_has_the_same_output_and_exit_codes() {
         (&[], &["/bin/sh", "-c", "echo out; echo err >&2; exit 7"]),
         (&["--timeout", "300ms"], &["/bin/sleep", "5"]),
         (&[], &["/nonexistent/program"]),
+        // ≈ 2 MB: many output events, lines split across HTTP chunks.
+        (&[], &["/bin/sh", "-c", "seq 1 300000; seq 1 1000 >&2"]),
     ];
     for (extra, argv) in cases {
         let local = run_in(ws.path(), extra, argv);
