@@ -564,7 +564,7 @@ async fn create_session(
         .await;
     if let Err(e) = recorded {
         // Nobody has the token yet: the unrecorded session never existed.
-        let ws = srv.state().sessions.remove(&id).map(|s| s.workspace);
+        let ws = srv.state().remove_session(&id).map(|s| s.workspace);
         if let Some(ws) = ws {
             let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(ws)).await;
         }
@@ -947,7 +947,7 @@ async fn delete_session(
         srv.retained.end_sessions(&doomed);
         let mut workspaces = vec![];
         for s in &doomed {
-            if let Some(sess) = st.sessions.remove(s)
+            if let Some(sess) = st.remove_session(s)
                 && !sess.keep_workspace
             {
                 workspaces.push(sess.workspace);

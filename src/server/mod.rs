@@ -399,7 +399,7 @@ impl Server {
             self.approvals.end_sessions(&ids);
             self.retained.end_sessions(&ids);
             ids.iter()
-                .filter_map(|i| st.sessions.remove(i))
+                .filter_map(|i| st.remove_session(i))
                 .filter(|s| !s.keep_workspace)
                 .map(|s| s.workspace)
                 .collect()

@@ -51,8 +51,10 @@ pub struct Job {
     pub argv: Vec<String>,
     pub created_at: u64,
     pub state: JobState,
-    /// The final `exit` event, once there is one.
-    pub exit: Option<serde_json::Value>,
+    /// The final `exit` event, once there is one, kept as its JSON text: a daemon keeps up
+    /// to `finished_jobs_kept` of these per session, and as a `serde_json::Value` (a map of
+    /// ~20 boxed values) each cost several times its ~350 bytes of text.
+    pub exit: Option<Box<str>>,
     /// Write end of the cancel pipe while the job runs.
     pub cancel: Option<Arc<OwnedFd>>,
 }
@@ -83,7 +85,7 @@ impl Job {
             "argv": self.argv,
             "created_at": self.created_at,
             "state": self.state,
-            "exit": self.exit,
+            "exit": self.exit.as_deref().and_then(|e| serde_json::from_str::<serde_json::Value>(e).ok()),
         })
     }
 }
@@ -133,6 +135,16 @@ impl State {
         v.into_iter().map(Job::view).collect()
     }
 
+    /// Ends a session: it and its finished jobs are forgotten (jobs still running are dropped
+    /// by `finish` when they end). Without this, every ended session left up to
+    /// `finished_jobs_kept` job records behind for the daemon's lifetime.
+    pub fn remove_session(&mut self, id: &str) -> Option<Session> {
+        for job in self.finished.remove(id).unwrap_or_default() {
+            self.jobs.remove(&job);
+        }
+        self.sessions.remove(id)
+    }
+
     /// Marks a job finished and forgets the oldest finished jobs beyond `keep`.
     pub fn finish(&mut self, job: &str, state: JobState, exit: serde_json::Value, keep: usize) {
         let Some(j) = self.jobs.get_mut(job) else {
@@ -145,7 +157,7 @@ impl State {
         }
         let was_running = matches!(j.state, JobState::Running);
         j.state = state;
-        j.exit = Some(exit);
+        j.exit = Some(exit.to_string().into_boxed_str());
         j.cancel = None;
         let session = j.session.clone();
         if was_running {
@@ -153,6 +165,12 @@ impl State {
             if let Some(s) = self.sessions.get_mut(&session) {
                 s.running = s.running.saturating_sub(1);
             }
+        }
+        // Its session already ended (deleted while the job ran): nobody can name the job any
+        // more (the scope walk starts at a live session), so it is not kept.
+        if !self.sessions.contains_key(&session) {
+            self.jobs.remove(job);
+            return;
         }
         let q = self.finished.entry(session).or_default();
         q.push_back(job.to_string());
@@ -336,5 +354,30 @@ mod tests {
         assert!(!s.within("b", "a"));
         assert!(!s.within("a", "b"));
         assert!(!s.within("gone", "a"));
+    }
+
+    #[test]
+    fn an_ended_session_leaves_no_job_records_behind() {
+        let mut s = State::default();
+        s.sessions.insert("a".into(), session("a", None));
+        s.sessions.insert("b".into(), session("b", None));
+        for (job, sess) in [("j1", "a"), ("j2", "a"), ("j3", "b")] {
+            s.jobs.insert(
+                job.into(),
+                Job::new(job, sess, &[], JobState::Running, None),
+            );
+            s.running += 1;
+        }
+        s.finish("j1", JobState::Finished, serde_json::json!({"code": 0}), 8);
+        s.finish("j3", JobState::Finished, serde_json::json!({"code": 0}), 8);
+        assert!(s.job_for("a", "j1").unwrap().view()["exit"]["code"] == 0);
+        // `a` ends while j2 still runs: j1 goes now, j2 when it ends; b's job stays.
+        assert!(s.remove_session("a").is_some());
+        assert!(!s.jobs.contains_key("j1") && !s.finished.contains_key("a"));
+        assert!(s.jobs.contains_key("j2"));
+        s.finish("j2", JobState::Finished, serde_json::json!({"code": 0}), 8);
+        assert!(!s.jobs.contains_key("j2") && !s.finished.contains_key("a"));
+        assert_eq!(s.running, 0);
+        assert!(s.job_for("b", "j3").is_some());
     }
 }

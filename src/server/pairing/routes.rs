@@ -330,7 +330,7 @@ pub async fn redeem(
     }
     if let Err(e) = recorded {
         // Nobody has the token: the session never existed, and the code is still good.
-        let gone = srv.state().sessions.remove(&session);
+        let gone = srv.state().remove_session(&session);
         if let Some(s) = gone
             && !s.keep_workspace
         {
