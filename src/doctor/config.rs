@@ -1,7 +1,7 @@
 //! Config sanity: the daemon's config loads (through [`crate::config`], so every rule the daemon
 //! enforces at start is enforced here too: an empty allowlist, bad modes, unknown keys,
 //! profiles whose rule examples fail), and the settings that load but weaken the daemon
-//! (`open = true`, high-risk profiles bound without approval) are warned about.
+//! (`open = true`, root sessions without a pairing code) are warned about.
 //!
 //! Tokens are not in the config: sessions get 256-bit tokens from `getrandom(2)` at creation,
 //! so there is nothing to check for weak or reused tokens here.
@@ -53,7 +53,30 @@ pub fn checks(cx: &Context) -> Vec<Check> {
         ),
     )];
     out.push(allow_check(c));
+    out.push(pairing_check(c));
     out
+}
+
+fn pairing_check(c: &crate::config::Config) -> Check {
+    const ID: &str = "config.pairing";
+    const TITLE: &str = "root sessions need a pairing code";
+    if !c.sessions.require_pairing {
+        return Check::warn(
+            ID,
+            TITLE,
+            "[sessions] require_pairing = false: any allowlisted peer can open a root session \
+             (its own workspace and the default profile) without an operator's pairing code",
+            format!(
+                "in {}: set [sessions] require_pairing = true and hand agents codes from `execbox pair` (docs/pairing.md)",
+                c.file
+            ),
+        );
+    }
+    Check::ok(
+        ID,
+        TITLE,
+        "root sessions are opened only with a code from `execbox pair`",
+    )
 }
 
 fn allow_check(c: &crate::config::Config) -> Check {
@@ -118,8 +141,19 @@ mod tests {
     }
 
     #[test]
-    fn a_listed_uid_is_ok() {
-        let c = run("[allow]\nuids = [1000]\n");
+    fn a_listed_uid_with_pairing_is_ok() {
+        let c = run("[allow]\nuids = [1000]\n[sessions]\nrequire_pairing = true\n");
         assert!(c.iter().all(|c| c.status == Status::Ok), "{c:?}");
+    }
+
+    #[test]
+    fn sessions_without_pairing_are_a_warning_naming_the_key() {
+        let c = run("[allow]\nuids = [1000]\n");
+        let p = c.iter().find(|c| c.id == "config.pairing").unwrap();
+        assert_eq!(p.status, Status::Warn);
+        assert!(
+            p.fix.as_deref().unwrap().contains("require_pairing = true"),
+            "{p:?}"
+        );
     }
 }
