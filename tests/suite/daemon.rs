@@ -106,7 +106,10 @@ impl Daemon {
             dir,
             child: Some(child),
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // Generous: the daemon's start checks create namespaces in probe children, and while a
+        // concurrent test (the thousand-job load test) tears down its network namespaces the
+        // kernel's rtnl/pernet locks make that take seconds (seen in CI's unprivileged pass).
+        let deadline = Instant::now() + Duration::from_secs(60);
         while UnixStream::connect(d.agent()).is_err() {
             assert!(
                 Instant::now() < deadline,
