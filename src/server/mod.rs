@@ -91,6 +91,8 @@ pub struct Server {
     pub pairing: pairing::Pairing,
     /// Output kept for jobs that run on after their client left (`on_disconnect = "detach"`).
     pub retained: retain::Store,
+    /// Records of things that already happened, queued for one background writer.
+    detached: Arc<Mutex<record::Detached>>,
 }
 
 /// Abuse accounting (one lock, held for microseconds).
@@ -127,6 +129,7 @@ impl Server {
             cgroup_version,
             pairing: pairing::Pairing::new(pairing::clock::from_env()),
             retained,
+            detached: Arc::default(),
         }
     }
 

@@ -42,14 +42,57 @@ impl Server {
     }
 
     /// Appends `event` in the background; a failure is only logged. Call from the runtime.
+    ///
+    /// Records land in the order of these calls: they queue, and one blocking writer at a
+    /// time drains the queue (a batch per write and sync). An append task per record let two
+    /// close records — a peer's fourth and fifth pairing failures — land in either order.
     pub fn record_detached(&self, event: Event) {
-        let audit = self.audit.clone();
-        let kind = event_kind(&event);
+        {
+            let mut q = self.detached.lock().unwrap_or_else(|p| p.into_inner());
+            q.pending.push_back(event);
+            if q.writing {
+                return;
+            }
+            q.writing = true;
+        }
+        let (audit, queue) = (self.audit.clone(), self.detached.clone());
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = audit.append(&event) {
-                tracing::error!(record = kind, error = %crate::cli::chain(&e), "audit record not written");
+            // Should an append panic, the next call starts a new writer instead of queueing
+            // behind one that is gone.
+            let _reset = ResetOnPanic(&queue);
+            loop {
+                let batch: Vec<Event> = {
+                    let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+                    if q.pending.is_empty() {
+                        q.writing = false;
+                        return;
+                    }
+                    q.pending.drain(..).collect()
+                };
+                if let Err(e) = audit.append_all(&batch) {
+                    let kinds: Vec<&str> = batch.iter().map(event_kind).collect();
+                    tracing::error!(records = ?kinds, error = %crate::cli::chain(&e), "audit records not written");
+                }
             }
         });
+    }
+}
+
+/// Records of things that already happened, waiting for the background writer.
+#[derive(Default)]
+pub struct Detached {
+    pending: std::collections::VecDeque<Event>,
+    /// A writer task is draining `pending`.
+    writing: bool,
+}
+
+struct ResetOnPanic<'a>(&'a std::sync::Mutex<Detached>);
+
+impl Drop for ResetOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).writing = false;
+        }
     }
 }
 
@@ -75,5 +118,54 @@ fn event_kind(e: &Event) -> &'static str {
         Event::PairingRedeemed { .. } => "pairing_redeemed",
         Event::PairingFailed { .. } => "pairing_failed",
         Event::PairingRevoked { .. } => "pairing_revoked",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detached_records_land_in_the_order_they_were_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = format!(
+            "[allow]\nuids = [4242]\n[paths]\nstate_dir = \"{d}\"\nworkspace_root = \"{d}/ws\"\n\
+             [audit]\npath = \"{d}/audit/audit.jsonl\"\n",
+            d = dir.path().display()
+        );
+        let srv = crate::server::inproc::disconnected_server(&toml, "record-test.toml").unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        const N: u32 = 300;
+        rt.block_on(async {
+            for i in 1..=N {
+                srv.record_detached(Event::PairingFailed {
+                    code_id: None,
+                    peer_uid: 4242,
+                    failures: i,
+                    reason: "test".into(),
+                });
+            }
+        });
+        let path = dir.path().join("audit/audit.jsonl");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let counts = loop {
+            let counts: Vec<u64> = crate::audit::tail::records_since(&path, 0)
+                .unwrap()
+                .iter()
+                .map(|r| serde_json::from_str::<serde_json::Value>(r).unwrap())
+                .filter(|r| r["type"] == "pairing_failed")
+                .map(|r| r["failures"].as_u64().unwrap())
+                .collect();
+            if counts.len() == N as usize || std::time::Instant::now() > deadline {
+                break counts;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let expected: Vec<u64> = (1..=u64::from(N)).collect();
+        assert_eq!(counts, expected);
     }
 }

@@ -370,13 +370,11 @@ fn the_sixth_guess_within_the_window_is_refused_even_with_the_right_code() {
     assert_eq!(status, 201, "{v}");
     assert_eq!(metric(&d, "pairing_alerts_total"), 0);
     let failed = await_records(&d, 5, |r| r["type"] == "pairing_failed");
-    // Failure records are appended off the request path (`record_detached`), so two close
-    // together may land in either order: the counts, not their positions, are the contract.
-    let mut counts: Vec<u64> = failed
+    // Appended off the request path, yet in order (`record_detached` queues for one writer).
+    let counts: Vec<u64> = failed
         .iter()
         .map(|r| r["failures"].as_u64().unwrap())
         .collect();
-    counts.sort_unstable();
     assert_eq!(counts, [1, 2, 3, 4, 5]);
     assert!(failed.iter().all(|r| r["peer_uid"] == my_uid()));
 }
