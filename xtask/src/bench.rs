@@ -172,7 +172,10 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     let (idle, per_job) = crate::daemon::memory(&daemon, 32)?;
     println!("\n## Daemon memory\n");
-    println!("idle RSS {idle} KiB; growth per running job (32 sleeping jobs) {per_job:.0} KiB");
+    println!(
+        "idle RSS {idle} KiB (after the runs above: their sessions' finished jobs are kept); \
+         growth per running job (32 sleeping jobs) {per_job:.0} KiB"
+    );
     println!("(per job, the forked supervisor's private memory is extra; see docs/benchmarks.md)");
 
     throughput(&exe, &ws_s, bytes, &sock_s)?;
