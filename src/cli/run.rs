@@ -254,12 +254,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         cgroup_parent: args.cgroup_parent.clone(),
         sandbox_id: args.sandbox_id,
         stdin,
-        job_name: format!(
-            "{}{}-{}",
-            sandbox::RUN_JOB_PREFIX,
-            std::process::id(),
-            nanos()
-        ),
+        job_name: sandbox::job_cgroup_name(std::process::id(), &nanos().to_string()),
         prewarmed: None,
     };
 

@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::profile::{Degradation, Limits, SandboxProfile};
 
-pub use spawn::{RUN_JOB_PREFIX, run, supervisor_gone};
+pub use spawn::{RUN_JOB_PREFIX, job_cgroup_name, run, supervisor_gone};
 
 /// Everything needed to run one command.
 #[derive(Debug)]

@@ -157,12 +157,37 @@ fn create_cgroup(spec: &JobSpec) -> Result<(u8, JobCgroup), SetupError> {
     Ok((hierarchy.version(), job))
 }
 
-/// Prefix of the job cgroups `execbox run` creates: `execbox-run-<supervisor pid>-<nanos>`.
+/// Prefix of the job cgroups execbox creates: `execbox-run-<owner>-<suffix>`, where the owner
+/// is `<pid>.<start time>` of the process that supervises the job (see [`job_cgroup_name`]).
 pub const RUN_JOB_PREFIX: &str = "execbox-run-";
+
+/// The name of a job cgroup owned by process `pid`: its start time (clock ticks after boot,
+/// `/proc/<pid>/stat` field 22) is part of the name, so that a later process that happens to
+/// get the same pid is not taken for the owner by the stale sweep.
+pub fn job_cgroup_name(pid: u32, suffix: &str) -> String {
+    match start_time(pid) {
+        Some(start) => format!("{RUN_JOB_PREFIX}{pid}.{start}-{suffix}"),
+        None => format!("{RUN_JOB_PREFIX}{pid}-{suffix}"),
+    }
+}
+
+/// `/proc/<pid>/stat`: the state letter and the start time.
+fn proc_stat(pid: u32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) S …`: fields after the last ')' (comm may hold one); start time is field 22,
+    // the 20th after the comm.
+    let mut rest = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    Some((state, rest.nth(18)?.parse().ok()?))
+}
+
+fn start_time(pid: u32) -> Option<u64> {
+    proc_stat(pid).map(|(_, start)| start)
+}
 
 /// Removes job cgroups left by an `execbox run` that was SIGKILLed (its sandbox died with it
 /// through the parent-death signal, but nothing could remove the empty cgroup). A job is stale
-/// when the supervisor pid in its name no longer exists.
+/// when the supervisor in its name no longer exists.
 fn sweep_stale(hierarchy: &Hierarchy, parent: Option<&std::path::Path>) {
     let removed = hierarchy.remove_stale_where(parent, RUN_JOB_PREFIX, supervisor_gone);
     for dir in removed {
@@ -170,23 +195,27 @@ fn sweep_stale(hierarchy: &Hierarchy, parent: Option<&std::path::Path>) {
     }
 }
 
-/// Whether the supervisor that created the job cgroup `name` (`execbox-run-<pid>-…`) is gone:
-/// no such process, or only its zombie (a killed supervisor waits a moment to be reaped by
-/// whoever inherited it; its sandbox already died with it).
+/// Whether the supervisor that created the job cgroup `name` ([`job_cgroup_name`]) is gone:
+/// no such process, only its zombie (a killed supervisor waits a moment to be reaped by
+/// whoever inherited it; its sandbox already died with it), or a process that reused its pid
+/// (another start time). Names without a start time (older versions) are judged by the pid.
 pub fn supervisor_gone(name: &str) -> bool {
-    let Some(pid) = name
+    let Some(owner) = name
         .strip_prefix(RUN_JOB_PREFIX)
         .and_then(|rest| rest.split('-').next())
-        .and_then(|p| p.parse::<u32>().ok())
     else {
         return false;
     };
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // `pid (comm) S …`: the state follows the last ')' (comm may hold one).
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| matches!(rest.trim_start().chars().next(), Some('Z' | 'X'))),
-        Err(_) => true,
+    let (pid, start) = match owner.split_once('.') {
+        Some((pid, start)) => (pid, start.parse::<u64>().ok()),
+        None => (owner, None),
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    match proc_stat(pid) {
+        Some((state, now)) => matches!(state, 'Z' | 'X') || start.is_some_and(|s| s != now),
+        None => true,
     }
 }
 
@@ -765,7 +794,7 @@ mod tests {
 
     #[test]
     fn a_job_is_stale_once_its_supervisor_is_gone_or_a_zombie() {
-        let name = |pid: u32| format!("{RUN_JOB_PREFIX}{pid}-j_x");
+        let name = |pid: u32| job_cgroup_name(pid, "j_x");
         assert!(!supervisor_gone(&name(std::process::id())), "we are alive");
         // A child that exited and is not reaped yet: its sandbox died with it.
         let mut child = std::process::Command::new("/bin/true").spawn().unwrap();
@@ -783,5 +812,19 @@ mod tests {
         // Names we did not make are never stale.
         assert!(!supervisor_gone("execbox-run-x-1"));
         assert!(!supervisor_gone("other-1-2"));
+    }
+
+    #[test]
+    fn a_process_that_reused_the_supervisors_pid_is_not_taken_for_it() {
+        let me = std::process::id();
+        let name = job_cgroup_name(me, "j_x");
+        let start = start_time(me).unwrap();
+        assert_eq!(name, format!("{RUN_JOB_PREFIX}{me}.{start}-j_x"));
+        assert!(!supervisor_gone(&name), "we are alive");
+        // Same pid, another start time: the owner is gone and the pid was reused.
+        let reused = format!("{RUN_JOB_PREFIX}{me}.{}-j_x", start + 1);
+        assert!(supervisor_gone(&reused));
+        // A name from before start times were recorded is judged by the pid alone.
+        assert!(!supervisor_gone(&format!("{RUN_JOB_PREFIX}{me}-j_x")));
     }
 }

@@ -439,12 +439,8 @@ impl WarmPool {
         }
         if let Some((h, parent)) = &self.cgroups {
             self.built += 1;
-            let name = format!(
-                "{}{}-warm{}",
-                sandbox::RUN_JOB_PREFIX,
-                sys::getpid(),
-                self.built
-            );
+            let name =
+                sandbox::job_cgroup_name(sys::getpid() as u32, &format!("warm{}", self.built));
             match sandbox::warm::Prewarmed::cgroup(h, parent.as_deref(), &name, &self.limits) {
                 Ok(cg) => warm.cgroup = Some(cg),
                 Err(e) => {
@@ -588,7 +584,7 @@ fn supervise(
         sandbox_id: req.sandbox_id,
         stdin: fds.stdin,
         // The stale sweep of `execbox run` applies: a job is stale once this pid is gone.
-        job_name: format!("{}{pid}-{}", sandbox::RUN_JOB_PREFIX, req.job_id),
+        job_name: sandbox::job_cgroup_name(pid as u32, &req.job_id),
         prewarmed,
     };
     let cancel = fds.cancel;
