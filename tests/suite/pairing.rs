@@ -450,7 +450,9 @@ fn the_workspace_is_checked_at_issue_and_again_at_redemption() {
 
 /// Host uid of the process whose command line contains `marker`, waiting for it to appear.
 fn host_uid_of(marker: &str) -> u32 {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // Generous, like the daemon's start: a namespace created while another test's many
+    // namespaces are torn down waits for the kernel's locks.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         if let Some(line) = host_processes_with(marker).first() {
             let pid = line.split(':').next().unwrap();
