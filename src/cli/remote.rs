@@ -207,12 +207,12 @@ fn exec(r: &Remote<'_>, token: &str) -> Result<u8> {
         });
     }
     // Output goes straight to our stdout's descriptor: `Stdout` is line-buffered and scans
-    // every chunk for its last newline, a visible cost at high output rates.
-    let mut out = std::io::stdout()
-        .as_fd()
-        .try_clone_to_owned()
-        .map(std::fs::File::from)
-        .context("duplicate stdout")?;
+    // every chunk for its last newline, a visible cost at high output rates. (No descriptor
+    // to duplicate, e.g. a closed stdout: `Stdout`, which fails only if there is output.)
+    let mut out: Box<dyn Write> = match std::io::stdout().as_fd().try_clone_to_owned() {
+        Ok(fd) => Box::new(std::fs::File::from(fd)),
+        Err(_) => Box::new(std::io::stdout()),
+    };
     let mut err = std::io::stderr();
     // NDJSON lines may span chunks. `pending[..scan]` is known to hold no newline, so each
     // byte is searched once however long the line (a 1 MiB output event spans many chunks).
