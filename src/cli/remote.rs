@@ -226,28 +226,27 @@ fn exec(r: &Remote<'_>, token: &str) -> Result<u8> {
             let line = &pending[from..scan + p];
             (from, scan) = (scan + p + 1, scan + p + 1);
             data.clear();
-            if let Some((stream, b64)) = output_line(line)
-                && base64_simd::STANDARD.decode_append(b64, &mut data).is_ok()
-            {
-                if stream == Stream::Stdout {
-                    out.write_all(&data)?;
-                } else {
-                    err.write_all(&data)?;
+            let stream = match output_line(line) {
+                Some((stream, b64))
+                    if base64_simd::STANDARD.decode_append(b64, &mut data).is_ok() =>
+                {
+                    stream
                 }
-                continue;
-            }
-            let ev: serde_json::Value = serde_json::from_slice(line)?;
-            match ev["event"].as_str() {
-                Some(name @ ("stdout" | "stderr")) => {
-                    let data = B64.decode(ev["data_b64"].as_str().unwrap_or(""))?;
-                    if name == "stdout" {
-                        out.write_all(&data)?;
-                    } else {
-                        err.write_all(&data)?;
-                    }
+                _ => {
+                    let ev: serde_json::Value = serde_json::from_slice(line)?;
+                    let stream = match ev["event"].as_str() {
+                        Some("stdout") => Stream::Stdout,
+                        Some("stderr") => Stream::Stderr,
+                        Some("exit") => return Ok(finish(r.json, &ev)),
+                        _ => continue,
+                    };
+                    data = B64.decode(ev["data_b64"].as_str().unwrap_or(""))?;
+                    stream
                 }
-                Some("exit") => return Ok(finish(r.json, &ev)),
-                _ => {}
+            };
+            match stream {
+                Stream::Stdout => out.write_all(&data)?,
+                Stream::Stderr => err.write_all(&data)?,
             }
         }
         pending.drain(..from);

@@ -1050,9 +1050,10 @@ fn ndjson(v: serde_json::Value) -> Bytes {
     Bytes::from(s)
 }
 
-/// One `stdout`/`stderr` event line, written directly: base64 never needs JSON escaping, and
-/// running megabytes of it through the serializer's escape scan was the daemon's largest cost
-/// at high output rates (`perf`: `format_escaped_str`, then the scalar base64 encoder). `stream` is one of the two names.
+/// One `stdout`/`stderr` event line (`stream` is one of the two names), written directly:
+/// base64 never needs JSON escaping, and running megabytes of it through the serializer's
+/// escape scan was the daemon's largest cost at high output rates (`perf`:
+/// `format_escaped_str`, then the scalar base64 encoder).
 fn output_event(stream: &str, data: &[u8]) -> Bytes {
     const MID: &[u8] = b"\",\"data_b64\":\"";
     const END: &[u8] = b"\"}\n";

@@ -168,4 +168,25 @@ mod tests {
         let expected: Vec<u64> = (1..=u64::from(N)).collect();
         assert_eq!(counts, expected);
     }
+
+    #[test]
+    fn a_writer_that_panics_lets_the_next_record_start_a_new_one() {
+        let queue = std::sync::Mutex::new(Detached {
+            writing: true,
+            ..Default::default()
+        });
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _reset = ResetOnPanic(&queue);
+            panic!("an append panicked");
+        }));
+        assert!(r.is_err());
+        assert!(!queue.lock().unwrap().writing);
+        // A writer that ends normally clears the flag itself, under the lock, not here.
+        let queue = std::sync::Mutex::new(Detached {
+            writing: true,
+            ..Default::default()
+        });
+        drop(ResetOnPanic(&queue));
+        assert!(queue.lock().unwrap().writing);
+    }
 }

@@ -583,7 +583,7 @@ fn supervise(
         cgroup_parent: ctx.cgroup_parent.clone(),
         sandbox_id: req.sandbox_id,
         stdin: fds.stdin,
-        // The stale sweep of `execbox run` applies: a job is stale once this pid is gone.
+        // The stale sweep of `execbox run` applies: a job is stale once this process is gone.
         job_name: sandbox::job_cgroup_name(pid as u32, &req.job_id),
         prewarmed,
     };

@@ -79,13 +79,17 @@ impl Job {
     }
 
     pub fn view(&self) -> serde_json::Value {
+        let exit: Option<serde_json::Value> = self
+            .exit
+            .as_deref()
+            .and_then(|e| serde_json::from_str(e).ok());
         serde_json::json!({
             "job": self.id,
             "session": self.session,
             "argv": self.argv,
             "created_at": self.created_at,
             "state": self.state,
-            "exit": self.exit.as_deref().and_then(|e| serde_json::from_str::<serde_json::Value>(e).ok()),
+            "exit": exit,
         })
     }
 }
