@@ -284,8 +284,11 @@ impl Envelope {
     }
 
     /// `{nonce, text, truncated}`: `text` is the begin marker, a newline, the escaped output
-    /// (invalid UTF-8 replaced by U+FFFD), a newline and the end marker.
-    pub fn render(mut self) -> serde_json::Value {
+    /// (invalid UTF-8 replaced by U+FFFD), a newline and the end marker. `cap_dropped` is what
+    /// the supervisor's per-stream cap already dropped (the guard never saw those bytes): it
+    /// is missing from the text too, so `truncated` counts it.
+    pub fn render(mut self, cap_dropped: u64) -> serde_json::Value {
+        self.truncated = self.truncated.saturating_add(cap_dropped);
         for s in 0..2 {
             let mut tail = Vec::new();
             self.strip[s].finish(&mut tail);
@@ -374,7 +377,12 @@ impl OutputGuard {
             o.insert("stderr_stripped".into(), self.strip[1].removed().into());
         }
         if let Some(e) = self.envelope {
-            o.insert("envelope".into(), e.render());
+            // The exit event already carries the supervisor's exact per-stream drop counts.
+            let cap_dropped = ["stdout_truncated", "stderr_truncated"]
+                .iter()
+                .filter_map(|k| o.get(*k).and_then(serde_json::Value::as_u64))
+                .fold(0u64, u64::saturating_add);
+            o.insert("envelope".into(), e.render(cap_dropped));
         }
     }
 }
@@ -541,6 +549,31 @@ mod tests {
                 .unwrap()
                 .contains("\n0123456789\n")
         );
+    }
+
+    #[test]
+    fn the_envelope_counts_bytes_the_per_stream_cap_dropped_before_the_guard() {
+        // The numbers: 200,000 bytes through a 64 KiB cap; the guard sees 65,536 of
+        // them and the supervisor reports the other 134,464.
+        let cap = 64 << 10;
+        let mut g = OutputGuard::new(OutputProfile::default(), Some(("n".into(), cap)));
+        g.chunk("stdout", &vec![b'x'; cap]);
+        let mut exit = serde_json::json!({"stdout_truncated": 134_464, "stderr_truncated": 0});
+        g.finish(&mut exit);
+        assert_eq!(exit["envelope"]["truncated"], 134_464);
+        // Both streams' drops and the envelope's own overflow add up.
+        let mut g = OutputGuard::new(OutputProfile::default(), Some(("n".into(), 4)));
+        g.chunk("stdout", b"abc");
+        g.chunk("stderr", b"de");
+        let mut exit = serde_json::json!({"stdout_truncated": 10, "stderr_truncated": 7});
+        g.finish(&mut exit);
+        assert_eq!(exit["envelope"]["truncated"], 1 + 10 + 7);
+        // Control: nothing dropped anywhere, nothing counted.
+        let mut g = OutputGuard::new(OutputProfile::default(), Some(("n".into(), cap)));
+        g.chunk("stdout", b"all of it\n");
+        let mut exit = serde_json::json!({"stdout_truncated": 0, "stderr_truncated": 0});
+        g.finish(&mut exit);
+        assert_eq!(exit["envelope"]["truncated"], 0);
     }
 
     #[test]

@@ -427,6 +427,39 @@ fn a_fake_closing_marker_cannot_end_the_envelope_early() {
 }
 
 #[test]
+fn envelope_truncated_counts_the_bytes_the_per_stream_cap_dropped() {
+    // Issue 15 item 14: with the profile's 1 MiB cap, the supervisor drops everything past it
+    // before the guard sees it; `envelope.truncated` used to say 0 for those bytes.
+    let d = start();
+    let s = session(&d, None, None);
+    let total: u64 = (1 << 20) + 200_000;
+    let events = run(
+        &d,
+        &s,
+        &format!("head -c {total} /dev/zero | tr '\\0' x; echo err >&2"),
+        json!({"envelope": true}),
+    );
+    let exit = exit_of(&events);
+    assert_eq!(exit["stdout_truncated"], 200_000, "{exit}");
+    let env = &exit["envelope"];
+    // The envelope (1 MiB for both streams) holds the first MiB of stdout; stderr's 4 bytes
+    // did not fit either.
+    assert_eq!(env["truncated"], 200_000 + 4, "{}", env["truncated"]);
+    // Control: output under the cap is all in the envelope, nothing counted.
+    let events = run(
+        &d,
+        &s,
+        "echo small; echo err >&2",
+        json!({"envelope": true}),
+    );
+    let exit = exit_of(&events);
+    assert_eq!(exit["stdout_truncated"], 0);
+    assert_eq!(exit["envelope"]["truncated"], 0, "{exit}");
+    let text = exit["envelope"]["text"].as_str().unwrap();
+    assert!(text.contains("small") && text.contains("err"), "{text}");
+}
+
+#[test]
 fn a_clear_screen_split_across_two_writes_is_stripped() {
     let d = start();
     let s = session(&d, None, None);
