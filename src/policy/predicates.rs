@@ -124,16 +124,33 @@ impl Predicate {
                     return false;
                 }
                 let inside = p == ws || p.starts_with(&format!("{ws}/"));
-                let temp = ["/tmp/", "/var/tmp/", "/dev/shm/"]
-                    .iter()
-                    .any(|t| p.starts_with(t) && p.len() > t.len());
-                !inside && !temp && p != "/dev/null"
+                !inside && !private_temp(&p, ws) && p != "/dev/null"
             }
             Predicate::BlockDevice => is_block_device(&p),
             Predicate::NetDevice => p.starts_with("/dev/tcp/") || p.starts_with("/dev/udp/"),
             _ => false,
         }
     }
+}
+
+/// A path in the sandbox's private temporary directories (its own tmpfs): deleting there
+/// touches nothing of the host's. Not when the path is the workspace's parent or another
+/// ancestor (a workspace under `/tmp` is mounted there, over the tmpfs), nor a glob that could
+/// name the workspace or one of its ancestors (`/tmp/*` with the workspace `/tmp/ws`).
+fn private_temp(p: &str, ws: &str) -> bool {
+    let under_temp = ["/tmp/", "/var/tmp/", "/dev/shm/"]
+        .iter()
+        .any(|t| p.starts_with(t) && p.len() > t.len());
+    if !under_temp {
+        return false;
+    }
+    let ancestor = ws.starts_with(&format!("{p}/"));
+    // The workspace and each of its ancestors, for globs.
+    let covers = p.contains(['*', '?', '['])
+        && std::iter::successors(Some(ws), |a| a.rsplit_once('/').map(|(head, _)| head))
+            .take_while(|a| !a.is_empty())
+            .any(|a| glob_match(p, a));
+    !ancestor && !covers
 }
 
 /// The texts of a word that may name a path: itself, the value of `key=value`, `@file`.
@@ -382,6 +399,35 @@ mod tests {
         assert!(!holds("outside_workspace", "/tmp/build", Some("")));
         assert!(holds("outside_workspace", "/tmp", Some("")));
         assert!(holds("outside_workspace", "/etc", Some("")));
+    }
+
+    /// Issue 15 item 16: with the workspace under a temporary directory, its parent and the
+    /// globs that name it are outside; the rest of the private tmpfs is not.
+    #[test]
+    fn a_workspace_under_tmp_keeps_its_parent_outside() {
+        for ws in ["/tmp/ws", "/tmp/t.1/ws", "/var/tmp/a/ws", "/dev/shm/ws"] {
+            let ctx = Paths::new(&Context {
+                workspace: PathBuf::from(ws),
+                home: None,
+            });
+            let out =
+                |arg: &str| Predicate::OutsideWorkspace.test(&Word::literal(arg), Some(""), &ctx);
+            assert!(out(".."), "{ws}: ..");
+            assert!(out("../*"), "{ws}: ../*");
+            assert!(out("../.."), "{ws}: ../..");
+            assert!(out("../../*"), "{ws}: ../../*");
+            assert!(!out("."), "{ws}: .");
+            assert!(!out("sub/x"), "{ws}: sub/x");
+        }
+        let ctx = Paths::new(&Context {
+            workspace: PathBuf::from("/tmp/t.1/ws"),
+            home: None,
+        });
+        let out = |arg: &str| Predicate::OutsideWorkspace.test(&Word::literal(arg), Some(""), &ctx);
+        // Positive control: a sibling in the private tmpfs is not the host's.
+        assert!(!out("/tmp/other"));
+        assert!(!out("../other"));
+        assert!(!out("/tmp/t.1/x*"));
     }
 
     #[test]

@@ -8,6 +8,8 @@ use execbox::policy::{Command, Context, Verdict};
 use execbox::profile::Profile;
 use proptest::prelude::*;
 
+use super::harness::{EXECBOX, Ws};
+
 fn ctx() -> Context {
     Context::examples()
 }
@@ -191,4 +193,38 @@ proptest! {
 
 fn brush_parser_accepts(e: &execbox::policy::Explanation) -> bool {
     !e.fail_closed.iter().any(|f| f.code == "parse-error")
+}
+
+/// Issue 15 item 16: a workspace under /tmp (`/tmp/execbox-test-…/ws`): its parent and the
+/// globs naming it are outside the workspace, as they are anywhere else; a sibling in the
+/// sandbox's private tmpfs is not.
+#[test]
+fn a_workspace_under_tmp_does_not_make_its_parent_deletable() {
+    let base = Ws::new();
+    let ws = base.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    let check = |cmd: &str| {
+        std::process::Command::new(&*EXECBOX)
+            .args(["policy", "check", cmd])
+            .current_dir(&ws)
+            .output()
+            .unwrap()
+            .status
+            .code()
+    };
+    for attack in [
+        "find .. -delete",
+        "rm -rf ../*",
+        "rm -rf ../../*",
+        "find ../.. -delete",
+    ] {
+        assert_eq!(check(attack), Some(2), "{attack}");
+    }
+    for fine in [
+        "find . -name '*.o' -delete",
+        "rm -rf ../scratch",
+        "rm -rf build",
+    ] {
+        assert_eq!(check(fine), Some(0), "{fine}");
+    }
 }
