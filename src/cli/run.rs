@@ -19,7 +19,7 @@ pub const EXIT_REFUSED: u8 = 125;
 pub const EXIT_SETUP: u8 = 126;
 
 /// The PATH inside the sandbox.
-pub use crate::server::api::SANDBOX_PATH;
+pub use crate::server::exec::SANDBOX_PATH;
 
 #[derive(Args, Debug)]
 #[command(after_help = "\

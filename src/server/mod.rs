@@ -14,13 +14,17 @@ pub mod api;
 pub mod approvals;
 pub mod artifacts;
 pub mod auth;
+pub mod exec;
 pub mod guard;
 pub mod inproc;
+mod jobs;
 pub mod listen;
+mod operator;
 pub mod pairing;
 pub mod privilege;
 mod record;
 pub mod retain;
+mod sessions;
 pub mod spawner;
 pub mod state;
 
@@ -591,7 +595,7 @@ async fn run(srv: Arc<Server>, listeners: listen::Listeners) -> Stop {
             "grace period over: killing the remaining jobs"
         );
         for (_, c) in &running {
-            api::cancel_job(c, true);
+            jobs::cancel_job(c, true);
         }
         if tokio::time::timeout(Duration::from_secs(10), srv.jobs.wait())
             .await
