@@ -101,7 +101,8 @@ pub enum Degradation {
     Cgroup,
     /// Run without any landlock rules when the kernel has no landlock.
     Landlock,
-    /// Run without landlock TCP rules when the landlock ABI is below 4.
+    /// Accepted for old profiles and without effect: landlock TCP rules are no longer used (the
+    /// job's network namespace is the network fence; `docs/network.md`).
     LandlockNet,
     /// Run without landlock signal/abstract-socket scoping when the ABI is below 6.
     LandlockScope,

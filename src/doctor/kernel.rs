@@ -439,8 +439,7 @@ fn probe_idmap(target: &Path) -> Result<(), String> {
 pub fn landlock_missing(abi: Result<u32, Errno>) -> Vec<Degradation> {
     match abi {
         Err(_) | Ok(0) => vec![Degradation::Landlock],
-        Ok(1..=3) => vec![Degradation::LandlockNet, Degradation::LandlockScope],
-        Ok(4 | 5) => vec![Degradation::LandlockScope],
+        Ok(1..=5) => vec![Degradation::LandlockScope],
         Ok(_) => vec![],
     }
 }
@@ -458,18 +457,11 @@ pub fn landlock_check(abi: Result<u32, Errno>, profiles: &[(String, Vec<Degradat
     };
     let missing = landlock_missing(abi);
     if missing.is_empty() {
-        return Check::ok(
-            ID,
-            TITLE,
-            format!("{shown}: filesystem, TCP and scoping rules"),
-        );
+        return Check::ok(ID, TITLE, format!("{shown}: filesystem and scoping rules"));
     }
     let names: Vec<&str> = missing.iter().map(|d| d.name()).collect();
     let what = match missing[0] {
         Degradation::Landlock => "no landlock at all",
-        Degradation::LandlockNet => {
-            "no TCP bind/connect rules (ABI 4) and no signal/abstract-socket scoping (ABI 6)"
-        }
         _ => "no signal/abstract-socket scoping (ABI 6)",
     };
     let strict: Vec<&str> = profiles
@@ -636,13 +628,11 @@ mod tests {
         assert!(c.evidence.contains("landlock-scope"), "{}", c.evidence);
         assert!(c.evidence.contains("default"), "{}", c.evidence);
 
-        let lenient = vec![(
-            "old-kernel".to_string(),
-            vec![Degradation::LandlockNet, Degradation::LandlockScope],
-        )];
+        let lenient = vec![("old-kernel".to_string(), vec![Degradation::LandlockScope])];
         let c = landlock_check(Ok(3), &lenient);
         assert_eq!(c.status, Status::Warn);
-        assert!(c.evidence.contains("landlock-net, landlock-scope"));
+        assert!(c.evidence.contains("landlock-scope"), "{}", c.evidence);
+        assert!(!c.evidence.contains("landlock-net"), "{}", c.evidence);
 
         let c = landlock_check(Err(Errno(libc::EOPNOTSUPP)), &lenient);
         assert_eq!(c.status, Status::Fail);

@@ -1,5 +1,11 @@
-//! Landlock as the second filesystem and network layer: rules that mirror the mount view, TCP
-//! bind/connect denied, abstract Unix sockets and signals scoped to the sandbox.
+//! Landlock as the second filesystem layer: rules that mirror the mount view, abstract Unix
+//! sockets and signals scoped to the sandbox.
+//!
+//! TCP rules (ABI 4) are not used: the job's own network namespace is the network fence, and
+//! everything a TCP bind or connect can reach in it belongs to the job (its `lo`, and in
+//! `network = "allowlist"` the supervisor's capture listeners, which check every connection).
+//! Refusing them only broke a test suite's local server (`docs/network.md`, "Which layer does
+//! what").
 //!
 //! This module only *plans* (access masks per ABI); `child.rs` applies the plan after
 //! `pivot_root`, because a landlocked process can no longer change its mounts.
@@ -78,13 +84,12 @@ impl Access {
     }
 }
 
-pub const NET_BIND_TCP: u64 = 1 << 0;
-pub const NET_CONNECT_TCP: u64 = 1 << 1;
 pub const SCOPE_ABSTRACT_UNIX_SOCKET: u64 = 1 << 0;
 pub const SCOPE_SIGNAL: u64 = 1 << 1;
 
-/// Plans the ruleset for `abi`. Network rules need ABI 4 and scoping ABI 6: below those, the
-/// plan fails unless the profile allows that named degradation, which is then recorded.
+/// Plans the ruleset for `abi`. Scoping needs ABI 6: below, the plan fails unless the profile
+/// allows that named degradation, which is then recorded. No TCP access is handled (see the
+/// module comment), so `landlock-net` is never needed.
 pub fn plan(
     abi: u32,
     rules: &[(PathBuf, u64)],
@@ -92,18 +97,7 @@ pub fn plan(
     degraded: &mut Vec<Degradation>,
 ) -> Result<LandlockPlan, SetupError> {
     let handled_fs = Access::handled_fs(abi);
-    let handled_net = if abi >= 4 {
-        NET_BIND_TCP | NET_CONNECT_TCP
-    } else if allowed.contains(&Degradation::LandlockNet) {
-        degraded.push(Degradation::LandlockNet);
-        0
-    } else {
-        return Err(SetupError::Unsupported {
-            layer: "landlock network rules",
-            detail: format!("kernel landlock ABI is {abi}, TCP rules need 4"),
-            degradation: Degradation::LandlockNet,
-        });
-    };
+    let handled_net = 0;
     let scoped = if abi >= 6 {
         SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL
     } else if allowed.contains(&Degradation::LandlockScope) {
@@ -148,7 +142,7 @@ mod tests {
         let p = plan(
             1,
             &[("/x".into(), Access::READ_WRITE_DIR)],
-            &[Degradation::LandlockNet, Degradation::LandlockScope],
+            &[Degradation::LandlockScope],
             &mut vec![],
         )
         .unwrap();
@@ -156,23 +150,22 @@ mod tests {
     }
 
     #[test]
+    fn tcp_is_left_to_the_network_namespace() {
+        // The namespace fences the network; landlock TCP rules would only break loopback.
+        for abi in [4, 6, 7] {
+            let p = plan(abi, &[], &[Degradation::LandlockScope], &mut vec![]).unwrap();
+            assert_eq!(p.handled_net, 0);
+        }
+    }
+
+    #[test]
     fn old_abi_fails_closed_unless_the_degradation_is_allowed() {
         let mut d = vec![];
         assert!(plan(3, &[], &[], &mut d).is_err());
-        let p = plan(
-            3,
-            &[],
-            &[Degradation::LandlockNet, Degradation::LandlockScope],
-            &mut d,
-        )
-        .unwrap();
+        let p = plan(3, &[], &[Degradation::LandlockScope], &mut d).unwrap();
         assert_eq!((p.handled_net, p.scoped), (0, 0));
-        assert_eq!(
-            d,
-            vec![Degradation::LandlockNet, Degradation::LandlockScope]
-        );
+        assert_eq!(d, vec![Degradation::LandlockScope]);
         let p = plan(7, &[], &[], &mut vec![]).unwrap();
-        assert_eq!(p.handled_net, NET_BIND_TCP | NET_CONNECT_TCP);
         assert_eq!(p.scoped, SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL);
     }
 
