@@ -611,6 +611,7 @@ async fn run(srv: Arc<Server>, listeners: listen::Listeners) -> Stop {
     let active = srv.state().running;
     srv.metrics.jobs_finished.load(Ordering::Relaxed);
     tracing::info!(active, "all jobs ended");
+    srv.flush_detached(Duration::from_secs(10)).await;
     if let Err(e) = srv.record(crate::audit::Event::DaemonStop {}).await {
         tracing::error!(error = %e.message, "daemon_stop not recorded");
     }

@@ -78,6 +78,28 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Waits (at most `within`) until every detached record made so far is written: the last
+    /// record of a stopping daemon is `daemon_stop`, after the bad token a client sent just
+    /// before (found as a flaky `the_audit_log_of_a_run…` test under load).
+    pub async fn flush_detached(&self, within: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            {
+                let q = self.detached.lock().unwrap_or_else(|p| p.into_inner());
+                if q.pending.is_empty() && !q.writing {
+                    return;
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!("detached audit records still queued at daemon_stop");
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+}
+
 /// Records of things that already happened, waiting for the background writer.
 #[derive(Default)]
 pub struct Detached {
@@ -167,6 +189,55 @@ mod tests {
         };
         let expected: Vec<u64> = (1..=u64::from(N)).collect();
         assert_eq!(counts, expected);
+    }
+
+    /// `flush_detached` returns only once the queue is written, so the daemon's `daemon_stop`
+    /// comes after every record made before it: all 300 are on disk the moment it returns
+    /// (read at once, without the polling the test above needs), and a synchronous record
+    /// appended next is the last line.
+    #[test]
+    fn flush_detached_waits_until_the_queue_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = format!(
+            "[allow]\nuids = [4242]\n[paths]\nstate_dir = \"{d}\"\nworkspace_root = \"{d}/ws\"\n\
+             [audit]\npath = \"{d}/audit/audit.jsonl\"\n",
+            d = dir.path().display()
+        );
+        let srv = crate::server::inproc::disconnected_server(&toml, "record-test.toml").unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let path = dir.path().join("audit/audit.jsonl");
+        let failed = || {
+            crate::audit::tail::records_since(&path, 0)
+                .unwrap()
+                .iter()
+                .filter(|r| r.contains("pairing_failed"))
+                .count()
+        };
+        rt.block_on(async {
+            for i in 1..=300 {
+                srv.record_detached(Event::PairingFailed {
+                    code_id: None,
+                    peer_uid: 4242,
+                    failures: i,
+                    reason: "test".into(),
+                });
+            }
+            srv.flush_detached(std::time::Duration::from_secs(60)).await;
+            assert_eq!(failed(), 300);
+            srv.record(Event::DaemonStop {}).await.unwrap();
+        });
+        let records = crate::audit::tail::records_since(&path, 0).unwrap();
+        let last: serde_json::Value = serde_json::from_str(records.last().unwrap()).unwrap();
+        assert_eq!(last["type"], "daemon_stop");
+        // A writer that never finishes: the flush gives up at its bound instead of hanging.
+        srv.detached.lock().unwrap().writing = true;
+        let t = std::time::Instant::now();
+        rt.block_on(srv.flush_detached(std::time::Duration::from_millis(100)));
+        assert!(t.elapsed() >= std::time::Duration::from_millis(100));
     }
 
     #[test]
