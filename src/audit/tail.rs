@@ -35,14 +35,26 @@ const FIRST: &[&str] = &[
 /// How often `--follow` looks for new records.
 const POLL: Duration = Duration::from_millis(200);
 
-/// True for characters that change what a terminal shows beyond themselves: C0, DEL, C1,
-/// and the invisible or direction-changing format characters (bidi overrides, zero-width).
-fn dangerous(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}'
-        )
+/// True for characters that change what a terminal shows beyond themselves, or show nothing
+/// at all: C0, DEL, C1 (`Cc`), every format character (`Cf`: bidi controls, zero-width
+/// characters, soft hyphen, tag characters, U+061C, U+2063, U+FFF9…), the line and paragraph
+/// separators (`Zl`, `Zp`) and every other default-ignorable code point (U+3164, U+180E,
+/// variation selectors…). The Unicode tables come from `icu_properties` (compiled-in data), so
+/// a character the standard adds to these classes is covered by updating the crate, not a
+/// hand-kept list.
+pub fn dangerous(c: char) -> bool {
+    use icu_properties::props::{DefaultIgnorableCodePoint, GeneralCategory};
+    use icu_properties::{CodePointMapData, CodePointSetData};
+    if c.is_ascii() {
+        return c.is_ascii_control();
+    }
+    matches!(
+        CodePointMapData::<GeneralCategory>::new().get(c),
+        GeneralCategory::Control
+            | GeneralCategory::Format
+            | GeneralCategory::LineSeparator
+            | GeneralCategory::ParagraphSeparator
+    ) || CodePointSetData::new::<DefaultIgnorableCodePoint>().contains(c)
 }
 
 /// Makes control and format characters visible: `\n`, `\t`, `\r`, `\x1b`, `\u{9b}`; a
@@ -73,7 +85,11 @@ pub fn json_safe(line: &[u8]) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if dangerous(c) {
-            out.push_str(&format!("\\u{:04x}", c as u32));
+            // JSON escapes are UTF-16 units: a tag character is a surrogate pair.
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{u:04x}"));
+            }
         } else {
             out.push(c);
         }
@@ -260,6 +276,54 @@ mod tests {
         assert_eq!(escape("evil\u{202E}txt"), "evil\\u{202e}txt");
         assert_eq!(escape("back\\slash"), "back\\\\slash");
         assert_eq!(escape("plain ünïcode"), "plain ünïcode");
+    }
+
+    /// Issue 15 item 15: every invisible character the review used is shown as an escape,
+    /// in the human format and in the JSON format; visible text is untouched.
+    #[test]
+    fn every_format_separator_and_default_ignorable_character_is_escaped() {
+        let invisible = [
+            '\u{2060}',
+            '\u{00AD}',
+            '\u{E0001}',
+            '\u{E0041}',
+            '\u{E007F}',
+            '\u{061C}',
+            '\u{3164}',
+            '\u{2028}',
+            '\u{2029}',
+            '\u{180E}',
+            '\u{2063}',
+            '\u{FFF9}',
+            '\u{200B}',
+            '\u{202E}',
+            '\u{FEFF}',
+            '\u{FE0F}',
+            '\u{115F}',
+            '\u{1D173}',
+        ];
+        for c in invisible {
+            let s = format!("rm{c}x");
+            let shown = escape(&s);
+            assert!(!shown.chars().any(|d| d == c), "{:x}: {shown:?}", c as u32);
+            assert!(shown.contains(&format!("\\u{{{:x}}}", c as u32)), "{shown}");
+            let line = serde_json::json!({ "command": s }).to_string();
+            let safe = json_safe(line.as_bytes());
+            assert!(!safe.chars().any(dangerous), "{safe:?}");
+            let back: serde_json::Value = serde_json::from_str(&safe).unwrap();
+            assert_eq!(back["command"], s.as_str(), "{:x}", c as u32);
+        }
+        // Positive control: letters, marks, emoji and ordinary spaces stay as they are.
+        for visible in [
+            "plain ünïcode",
+            "日本語",
+            "e\u{301}",
+            "👍",
+            "a\u{00A0}b",
+            "Ωμέγα",
+        ] {
+            assert_eq!(escape(visible), visible);
+        }
     }
 
     #[test]

@@ -382,16 +382,7 @@ fn confirm_on_terminal(argv: &[String], shell: Option<&str>, d: &Decision) -> bo
         return false;
     };
     let shown = shell.map(str::to_string).unwrap_or_else(|| argv.join(" "));
-    let visible: String = shown
-        .chars()
-        .flat_map(|c| {
-            if c.is_control() && c != '\n' {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect();
+    let visible = crate::audit::tail::escape(&shown);
     let _ = writeln!(
         tty,
         "execbox: this command needs approval\n  command: {visible}\n  rule:    {}\n  reason:  {}\nRun it? Type 'yes' to run, anything else refuses: ",

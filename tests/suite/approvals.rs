@@ -388,7 +388,10 @@ fn watch_renders_escape_sequences_harmlessly_and_approves() {
     let d = daemon("");
     let (_, token) = d.session();
     // Would clear the screen and home the cursor if printed raw; a bidi override too.
-    let command = "x=echo; $x '\u{1b}[2J\u{1b}[H' \u{202e}txt.exe";
+    // Issue 15 item 15: and characters that show nothing (word joiner, a tag character, a
+    // paragraph separator, U+061C, U+FFF9).
+    let command =
+        "x=echo; $x '\u{1b}[2J\u{1b}[H' \u{202e}txt.exe '\u{2060}\u{E0041}\u{2029}\u{61C}\u{FFF9}'";
     let t = exec_async(
         &d,
         &token,
@@ -397,9 +400,18 @@ fn watch_renders_escape_sequences_harmlessly_and_approves() {
     let a = next_pending(&d, &[]);
     let shown = watch_on_a_terminal(&d.operator(), "a");
     assert!(
-        !shown.contains('\u{1b}') && !shown.contains('\u{202e}'),
+        !shown.contains([
+            '\u{1b}',
+            '\u{202e}',
+            '\u{2060}',
+            '\u{E0041}',
+            '\u{2029}',
+            '\u{61C}',
+            '\u{FFF9}'
+        ]),
         "raw control characters reached the terminal: {shown:?}"
     );
+    assert!(shown.contains("\\u{2060}\\u{e0041}\\u{2029}"), "{shown}");
     assert!(shown.contains("\\x1b[2J"), "{shown}");
     assert!(shown.contains("\\u{202e}"), "{shown}");
     for part in [
@@ -417,7 +429,7 @@ fn watch_renders_escape_sequences_harmlessly_and_approves() {
     assert_eq!(exit_of(&events)["code"], 0, "{events:?}");
     assert_eq!(
         stdout_of(&events),
-        "\u{1b}[2J\u{1b}[H \u{202e}txt.exe\n".as_bytes()
+        "\u{1b}[2J\u{1b}[H \u{202e}txt.exe \u{2060}\u{E0041}\u{2029}\u{61C}\u{FFF9}\n".as_bytes()
     );
 }
 

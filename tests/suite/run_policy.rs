@@ -80,12 +80,29 @@ fn approval_on_a_terminal_runs_only_after_an_explicit_yes() {
 fn the_approval_prompt_shows_control_characters_visibly() {
     let ws = Ws::new();
     // An escape sequence that would clear the screen and move the cursor if printed raw.
-    let (_, shown) = on_a_terminal(ws.path(), "x=true; $x '\u{1b}[2J\u{1b}[H'", "no");
-    assert!(
-        !shown.contains('\u{1b}'),
-        "raw ESC reached the terminal: {shown:?}"
+    // Issue 15 item 15: invisible characters (word joiner, a tag character, a line separator,
+    // the Hangul filler) would hide text the operator must see.
+    let (_, shown) = on_a_terminal(
+        ws.path(),
+        "x=true; $x '\u{1b}[2J\u{1b}[H' 'r\u{2060}m\u{E0041}\u{2028}\u{3164}\u{AD}'",
+        "no",
     );
-    assert!(shown.contains("\\u{1b}[2J"), "{shown:?}");
+    for c in [
+        '\u{1b}',
+        '\u{2060}',
+        '\u{E0041}',
+        '\u{2028}',
+        '\u{3164}',
+        '\u{AD}',
+    ] {
+        assert!(
+            !shown.contains(c),
+            "raw {:x} reached the terminal: {shown:?}",
+            c as u32
+        );
+    }
+    assert!(shown.contains("\\x1b[2J"), "{shown:?}");
+    assert!(shown.contains("r\\u{2060}m\\u{e0041}"), "{shown:?}");
 }
 
 #[test]

@@ -109,7 +109,7 @@ pub async fn issue(
         )));
     }
     if let Some(l) = &body.label
-        && (l.chars().count() > MAX_LABEL || l.chars().any(char::is_control))
+        && (l.chars().count() > MAX_LABEL || l.chars().any(crate::audit::tail::dangerous))
     {
         return Err(ApiError::bad(format!(
             "label must be at most {MAX_LABEL} characters, without control characters"
