@@ -139,6 +139,14 @@ pub struct ServerLimits {
     pub shutdown_grace: Duration,
     /// Finished jobs kept for `GET /v1/jobs` per session.
     pub finished_jobs_kept: usize,
+    /// Open connections on the agent socket, all peers together.
+    pub max_connections: usize,
+    /// Open connections on the agent socket per peer uid (allowed or not).
+    pub max_connections_per_uid: usize,
+    /// Connections the operator socket may hold; reserved, never used by agents.
+    pub operator_connections: usize,
+    /// A request body must arrive whole within this (after its headers).
+    pub body_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -292,6 +300,10 @@ struct RawLimits {
     header_timeout: Option<String>,
     shutdown_grace: Option<String>,
     finished_jobs_kept: Option<usize>,
+    max_connections: Option<usize>,
+    max_connections_per_uid: Option<usize>,
+    operator_connections: Option<usize>,
+    body_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -544,7 +556,49 @@ impl RawConfig {
                 Duration::from_secs(10),
             )?,
             finished_jobs_kept: l.finished_jobs_kept.unwrap_or(256),
+            // Every running job holds its client's connection: the defaults grow with max_jobs.
+            max_connections: positive(
+                "limits.max_connections",
+                l.max_connections
+                    .unwrap_or_else(|| 1024.max(max_jobs.saturating_mul(2) + 64)),
+            )?,
+            max_connections_per_uid: positive(
+                "limits.max_connections_per_uid",
+                l.max_connections_per_uid
+                    .unwrap_or_else(|| 128.max(max_jobs.saturating_add(64))),
+            )?,
+            operator_connections: positive(
+                "limits.operator_connections",
+                l.operator_connections.unwrap_or(32),
+            )?,
+            body_timeout: dur(
+                "limits.body_timeout",
+                l.body_timeout,
+                Duration::from_secs(30),
+            )?,
         };
+        if limits.max_connections_per_uid > limits.max_connections {
+            return Err(invalid(
+                "limits.max_connections_per_uid",
+                format!(
+                    "{} is above limits.max_connections ({})",
+                    limits.max_connections_per_uid, limits.max_connections
+                ),
+                "keep it at most max_connections, e.g. 64 of 1024",
+            ));
+        }
+        for (key, d) in [
+            ("limits.body_timeout", limits.body_timeout),
+            ("limits.header_timeout", limits.header_timeout),
+        ] {
+            if d.is_zero() || d > Duration::from_secs(3600) {
+                return Err(invalid(
+                    key,
+                    "must be above 0 and at most 1h".into(),
+                    "write e.g. \"30s\"",
+                ));
+            }
+        }
         let approvals = ApprovalsConfig {
             expiry: dur(
                 "approvals.expiry",
@@ -854,6 +908,35 @@ mod tests {
             ("[pairing]\nmax_failure=3\n", "max_failure"),
         ] {
             let e = parse(&format!("[allow]\nuids=[1]\n{text}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn connection_limits_are_validated() {
+        let c = parse("[allow]\nuids=[1]\n").unwrap();
+        assert_eq!(c.limits.max_connections, 1024);
+        assert_eq!(c.limits.max_connections_per_uid, 128);
+        let c = parse("[allow]\nuids=[1]\n[limits]\nmax_jobs=2000\n").unwrap();
+        assert_eq!(c.limits.max_connections, 4064);
+        assert_eq!(c.limits.max_connections_per_uid, 2064);
+        assert_eq!(c.limits.operator_connections, 32);
+        assert_eq!(c.limits.body_timeout, Duration::from_secs(30));
+        for (text, key) in [
+            ("max_connections=0", "limits.max_connections"),
+            ("operator_connections=0", "limits.operator_connections"),
+            (
+                "max_connections=8\nmax_connections_per_uid=9",
+                "limits.max_connections_per_uid",
+            ),
+            ("body_timeout=\"0s\"", "limits.body_timeout"),
+            ("body_timeout=\"2h\"", "limits.body_timeout"),
+            ("header_timeout=\"0s\"", "limits.header_timeout"),
+            ("body_timout=\"1s\"", "body_timout"),
+        ] {
+            let e = parse(&format!("[allow]\nuids=[1]\n[limits]\n{text}\n"))
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(key), "{text}: {e}");

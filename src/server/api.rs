@@ -161,7 +161,11 @@ pub async fn handle(
     let path = req.uri().path().to_string();
     let r = route(&srv, socket, peer, req).await;
     let resp = r.unwrap_or_else(|e| {
-        tracing::info!(%method, %path, uid = peer.uid, code = e.code, status = e.status.as_u16(), "request refused");
+        // One line per uid and error code per second: refusals are what a flood produces.
+        if let Some(folded) = srv.log_refusal(peer.uid, e.code) {
+            tracing::info!(%method, %path, uid = peer.uid, code = e.code, status = e.status.as_u16(),
+                folded, "request refused ({folded} more with this code from this uid since the last line)");
+        }
         e.into_response()
     });
     Ok(resp)
@@ -326,9 +330,22 @@ pub(super) async fn read_json<T: for<'de> Deserialize<'de>>(
                 .trim()
                 .to_ascii_lowercase()
         });
-    let body = Limited::new(req.into_body(), max)
-        .collect()
+    // The whole body within limits.body_timeout: a client trickling one byte every few
+    // seconds must not hold a connection (and a descriptor) for as long as it likes.
+    let timeout = srv.config.limits.body_timeout;
+    let collected = tokio::time::timeout(timeout, Limited::new(req.into_body(), max).collect())
         .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {} ms (limits.body_timeout); fix: send the whole body at once",
+                    timeout.as_millis()
+                ),
+            )
+        })?;
+    let body = collected
         .map_err(|e| {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()

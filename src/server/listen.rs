@@ -217,26 +217,61 @@ async fn accept(srv: Arc<Server>, listener: UnixListener, socket: Socket, conns:
             Ok((s, _)) => s,
             Err(e) => {
                 // EMFILE and friends: log, breathe, go on (one bad moment must not stop
-                // the daemon).
+                // the daemon). The connection caps keep this from happening.
                 tracing::warn!(error = %e, ?socket, "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
         };
+        let Ok(cred) = stream.peer_cred() else {
+            continue;
+        };
+        let peer = Peer {
+            uid: cred.uid(),
+            gid: cred.gid(),
+            pid: cred.pid(),
+        };
+        // Counted before a byte is read, allowed peer or not: one uid cannot hold every
+        // descriptor, and agents never take the operator socket's places.
+        let permit = match srv.conns.admit(socket, peer.uid) {
+            Ok(p) => p,
+            Err(r) => {
+                refuse_connection(&srv, &stream, socket, peer, r);
+                continue;
+            }
+        };
         let srv = srv.clone();
-        conns.spawn(async move { connection(srv, stream, socket).await });
+        conns.spawn(async move {
+            let _permit = permit;
+            connection(srv, stream, socket, peer).await
+        });
     }
 }
 
-async fn connection(srv: Arc<Server>, mut stream: tokio::net::UnixStream, socket: Socket) {
-    let Ok(cred) = stream.peer_cred() else {
-        return;
-    };
-    let peer = Peer {
-        uid: cred.uid(),
-        gid: cred.gid(),
-        pid: cred.pid(),
-    };
+/// A connection over a cap: one non-blocking write of a 429, then closed (dropping `stream`).
+/// Nothing waits on the peer; the log gets one line per uid per second.
+fn refuse_connection(
+    srv: &Server,
+    stream: &tokio::net::UnixStream,
+    socket: Socket,
+    peer: Peer,
+    r: super::conns::Refusal,
+) {
+    Metrics::inc(&srv.metrics.connections_refused);
+    if let Some(folded) = srv.log_refusal(peer.uid, r.code()) {
+        let (agent, operator) = srv.conns.open();
+        tracing::warn!(uid = peer.uid, pid = ?peer.pid, ?socket, code = r.code(), agent, operator,
+            folded, "connection refused: over the connection limit ({folded} more from this uid since the last line)");
+    }
+    let _ = stream.try_write(&super::conns::refusal_reply(r));
+}
+
+async fn connection(
+    srv: Arc<Server>,
+    mut stream: tokio::net::UnixStream,
+    socket: Socket,
+    peer: Peer,
+) {
     let allowed = match socket {
         Socket::Agent => srv.config.allow.permits(peer.uid, peer.gid),
         Socket::Operator => {
@@ -251,7 +286,10 @@ async fn connection(srv: Arc<Server>, mut stream: tokio::net::UnixStream, socket
             peer,
             &format!("peer not in the allowlist of the {socket:?} socket"),
         );
-        tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, ?socket, "peer refused: not in the allowlist");
+        if let Some(folded) = srv.log_refusal(peer.uid, "peer_refused") {
+            tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, ?socket, folded,
+                "peer refused: not in the allowlist ({folded} more refusals of this uid since the last line)");
+        }
         // Read (and ignore) the request head first: a reply to a client that is still sending
         // looks to it like a failed connection (curl reports "couldn't connect"). Bounded in
         // size and time; nothing in it is interpreted.

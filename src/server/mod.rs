@@ -14,6 +14,7 @@ pub mod api;
 pub mod approvals;
 pub mod artifacts;
 pub mod auth;
+pub mod conns;
 pub mod exec;
 pub mod guard;
 pub mod inproc;
@@ -69,6 +70,10 @@ pub enum ServeError {
     #[error("refusing to start with more capabilities than it needs")]
     Privilege(#[source] privilege::PrivilegeError),
     #[error(
+        "refusing to start: a descriptor limit of {nofile} leaves no room for agent connections beside the {reserve} kept for jobs (limits.max_jobs), the operator socket (limits.operator_connections) and the daemon; fix: raise LimitNOFILE (ulimit -n), or lower those limits"
+    )]
+    Descriptors { nofile: u64, reserve: u64 },
+    #[error(
         "the spawner (pid {0}) died, so no job can run; stopped with a failure status for the service manager to restart the daemon"
     )]
     SpawnerDied(libc::pid_t),
@@ -97,6 +102,8 @@ pub struct Server {
     pub retained: retain::Store,
     /// Records of things that already happened, queued for one background writer.
     detached: Arc<Mutex<record::Detached>>,
+    /// Open connections per socket and per peer uid (`limits.max_connections*`).
+    pub conns: conns::Conns,
 }
 
 /// Abuse accounting (one lock, held for microseconds).
@@ -107,6 +114,8 @@ struct Guard {
     session_rate: RateLimiter<String>,
     /// Per uid: when its last auth failure was recorded, and how many were not since.
     auth_records: std::collections::HashMap<u32, (Instant, u64)>,
+    /// Which refusals reach the daemon's log (one line per uid and kind per second).
+    log: conns::Throttle,
 }
 
 impl Server {
@@ -119,7 +128,13 @@ impl Server {
         cgroup_version: Option<u8>,
     ) -> Server {
         let retained = retain::Store::new(config.detach.clone());
+        let conns = conns::Conns::new(conns::Caps {
+            agent_total: config.limits.max_connections,
+            per_uid: config.limits.max_connections_per_uid,
+            operator_total: config.limits.operator_connections,
+        });
         Server {
+            conns,
             config,
             spawner,
             metrics: Metrics::default(),
@@ -143,6 +158,13 @@ impl Server {
 
     fn guard(&self) -> MutexGuard<'_, Guard> {
         self.guard.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a refusal of `kind` for `uid` is logged now: `Some(n)` with the `n` refusals
+    /// folded into this line since the last one, `None` when only counted (a peer hammering
+    /// the socket must not fill the log: one line per uid and kind per second).
+    pub fn log_refusal(&self, uid: u32, kind: &'static str) -> Option<u64> {
+        self.guard().log.check(uid, kind, Instant::now())
     }
 
     pub fn peer_rate_ok(&self, uid: u32) -> bool {
@@ -419,7 +441,7 @@ impl Server {
 
 /// Runs the daemon until SIGTERM/SIGINT. Call from a single-threaded process (the spawner is
 /// forked here, before the runtime exists).
-pub fn serve(config: Config) -> Result<(), ServeError> {
+pub fn serve(mut config: Config) -> Result<(), ServeError> {
     let am_root = sys::geteuid() == 0;
     if config.allow.open {
         tracing::warn!(
@@ -431,10 +453,17 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     start_checks(&config)?;
     // Every running job holds several pipes here: a login's soft limit (often 1024) would run
     // out long before max_jobs. Jobs themselves get the profile's limits.nofile.
-    match sys::raise_nofile_to_hard() {
-        Ok(n) => tracing::debug!(nofile = n, "raised the descriptor limit to the hard limit"),
-        Err(e) => tracing::warn!(error = %e.describe(), "could not raise the descriptor limit"),
-    }
+    let nofile = match sys::raise_nofile_to_hard() {
+        Ok(n) => {
+            tracing::debug!(nofile = n, "raised the descriptor limit to the hard limit");
+            n
+        }
+        Err(e) => {
+            tracing::warn!(error = %e.describe(), "could not raise the descriptor limit");
+            1024
+        }
+    };
+    fit_connections(&mut config, nofile)?;
     warn_self_approval(&config);
     sweep_stale_cgroups(config.cgroup_parent.as_deref());
     make_dir(&config.state_dir, doctor::files::state_dir_mode(&config))?;
@@ -508,6 +537,38 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         Stop::Signal => Ok(()),
         Stop::SpawnerDied(pid) => Err(ServeError::SpawnerDied(pid)),
     }
+}
+
+/// Fits the connection caps into `nofile` descriptors beside the reserve for the daemon and
+/// its jobs (`conns::descriptor_budget`): lowered and logged when they do not fit, a refusal
+/// to start when not even one agent connection would.
+fn fit_connections(config: &mut Config, nofile: u64) -> Result<(), ServeError> {
+    let l = &mut config.limits;
+    let want = conns::Caps {
+        agent_total: l.max_connections,
+        per_uid: l.max_connections_per_uid,
+        operator_total: l.operator_connections,
+    };
+    let Some(got) = conns::descriptor_budget(want, l.max_jobs, nofile) else {
+        return Err(ServeError::Descriptors {
+            nofile,
+            reserve: conns::FDS_BASE
+                + conns::FDS_PER_JOB * l.max_jobs as u64
+                + l.operator_connections as u64,
+        });
+    };
+    if got != want {
+        tracing::warn!(
+            nofile,
+            max_connections = got.agent_total,
+            max_connections_per_uid = got.per_uid,
+            configured = l.max_connections,
+            "limits.max_connections does not fit the descriptor limit beside the reserve for jobs and the operator socket; lowered (raise LimitNOFILE, or lower limits.max_connections)"
+        );
+    }
+    l.max_connections = got.agent_total;
+    l.max_connections_per_uid = got.per_uid;
+    Ok(())
 }
 
 /// Why [`run`] returned.

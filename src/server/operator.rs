@@ -45,7 +45,17 @@ pub fn metrics(srv: &Server) -> Response<Body> {
         let st = srv.state();
         (st.running, st.sessions.len())
     };
-    let mut r = Response::new(Full::new(Bytes::from(srv.metrics.render(active, sessions))).boxed());
+    let mut text = srv.metrics.render(active, sessions);
+    let (agent, operator) = srv.conns.open();
+    text.push_str(
+        "# HELP execbox_connections_open Connections open now, by socket.\n\
+         # TYPE execbox_connections_open gauge\n",
+    );
+    text.push_str(&format!(
+        "execbox_connections_open{{socket=\"agent\"}} {agent}\n\
+         execbox_connections_open{{socket=\"operator\"}} {operator}\n"
+    ));
+    let mut r = Response::new(Full::new(Bytes::from(text)).boxed());
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),

@@ -196,6 +196,7 @@ pub struct Metrics {
     pub jobs_lost: AtomicU64,
     pub auth_failures: AtomicU64,
     pub peers_refused: AtomicU64,
+    pub connections_refused: AtomicU64,
     pub rate_limited: AtomicU64,
     pub sessions_created: AtomicU64,
     pub audit_failures: AtomicU64,
@@ -258,6 +259,12 @@ impl Metrics {
             "peers_refused_total",
             "Connections refused because the peer uid/gid is not allowed.",
             g(&self.peers_refused),
+            "counter",
+        );
+        counter(
+            "connections_refused_total",
+            "Connections refused before reading because of limits.max_connections, max_connections_per_uid or operator_connections.",
+            g(&self.connections_refused),
             "counter",
         );
         counter(

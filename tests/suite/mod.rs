@@ -1,3 +1,4 @@
+mod abuse;
 mod approvals;
 mod artifacts;
 mod audit;
