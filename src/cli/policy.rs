@@ -28,10 +28,13 @@ pub enum PolicyCommand {
         json: bool,
         /// Read JSON Lines `{"command": "…"}` (or `{"argv": […]}`) on stdin, write one JSON
         /// line per input in order.
-        #[arg(long, conflicts_with = "command")]
+        #[arg(long, conflicts_with_all = ["command", "shell"])]
         batch: bool,
+        /// The shell string, as `bash -c` would run it (as with `execbox run -c`).
+        #[arg(short = 'c', value_name = "STRING", conflicts_with = "command")]
+        shell: Option<String>,
         /// The shell string, as `bash -c` would run it.
-        #[arg(required_unless_present = "batch")]
+        #[arg(required_unless_present_any = ["batch", "shell"])]
         command: Option<String>,
     },
     /// Show the parsed simple commands, the unwrapping steps and the rule that decided.
@@ -40,7 +43,12 @@ pub enum PolicyCommand {
         policy: Option<PathBuf>,
         #[arg(long)]
         json: bool,
-        command: String,
+        /// The shell string, as `bash -c` would run it (as with `execbox run -c`).
+        #[arg(short = 'c', value_name = "STRING", conflicts_with = "command")]
+        shell: Option<String>,
+        /// The shell string, as `bash -c` would run it.
+        #[arg(required_unless_present = "shell")]
+        command: Option<String>,
     },
     /// Validate a policy file: unknown keys, bad values, failing rule examples.
     Lint { file: PathBuf },
@@ -52,19 +60,25 @@ pub fn run(cmd: PolicyCommand) -> ExitCode {
             policy,
             json,
             batch,
+            shell,
             command,
         } => load(policy.as_deref()).and_then(|p| {
             if batch {
                 batch_check(&p).map(|()| ExitCode::SUCCESS)
             } else {
-                Ok(check(&p, command.as_deref().unwrap_or_default(), json))
+                let command = shell.or(command).unwrap_or_default();
+                Ok(check(&p, &command, json))
             }
         }),
         PolicyCommand::Explain {
             policy,
             json,
+            shell,
             command,
-        } => load(policy.as_deref()).and_then(|p| explain(&p, &command, json)),
+        } => load(policy.as_deref()).and_then(|p| {
+            let command = shell.or(command).unwrap_or_default();
+            explain(&p, &command, json)
+        }),
         PolicyCommand::Lint { file } => Ok(lint(&file)),
     };
     result.unwrap_or_else(|e| {
@@ -191,12 +205,7 @@ fn explain(profile: &Profile, command: &str, json: bool) -> anyhow::Result<ExitC
         if !c.stdout_to.is_empty() {
             println!("   stdout to: {}", c.stdout_to.join(", "));
         }
-        let matched = if c.matched.is_empty() {
-            "no rule (profile default)".to_string()
-        } else {
-            c.matched.join(", ")
-        };
-        println!("   {}: {matched}", c.verdict.as_str());
+        println!("   {}", matched_line(profile, &c.matched, c.verdict));
     }
     for f in &e.fail_closed {
         println!("fail closed ({}): {}", f.code, f.detail);
@@ -209,6 +218,27 @@ fn explain(profile: &Profile, command: &str, json: bool) -> anyhow::Result<ExitC
         d.reason
     );
     Ok(exit_for(d.verdict))
+}
+
+/// The rules that matched one command, grouped under their own verdicts, strictest first:
+/// `deny: a; approve: b`. The command's verdict is the first group's.
+fn matched_line(profile: &Profile, matched: &[String], verdict: Verdict) -> String {
+    if matched.is_empty() {
+        return format!("{}: no rule (profile default)", verdict.as_str());
+    }
+    let rules = profile.policy.rules();
+    let mut groups = Vec::new();
+    for v in [Verdict::Deny, Verdict::Approve, Verdict::Allow] {
+        let ids: Vec<&str> = matched
+            .iter()
+            .filter(|id| rules.iter().any(|r| &r.id == *id && r.verdict == v))
+            .map(String::as_str)
+            .collect();
+        if !ids.is_empty() {
+            groups.push(format!("{}: {}", v.as_str(), ids.join(", ")));
+        }
+    }
+    groups.join("; ")
 }
 
 fn lint(file: &Path) -> ExitCode {
@@ -349,6 +379,53 @@ mod tests {
             panic!("{e}")
         };
         assert_eq!(policy_error_line(&text, source), Some(16), "{e}");
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: PolicyCommand,
+    }
+
+    fn parse(args: &[&str]) -> Result<PolicyCommand, clap::Error> {
+        use clap::Parser;
+        Cli::try_parse_from(std::iter::once("policy").chain(args.iter().copied())).map(|c| c.cmd)
+    }
+
+    #[test]
+    fn explain_and_check_take_the_string_as_an_operand_or_after_dash_c() {
+        for args in [
+            &["explain", "-c", "git status"][..],
+            &["explain", "git status"],
+            &["check", "-c", "git status"],
+            &["check", "git status"],
+        ] {
+            let cmd = parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            let (shell, command) = match cmd {
+                PolicyCommand::Explain { shell, command, .. }
+                | PolicyCommand::Check { shell, command, .. } => (shell, command),
+                PolicyCommand::Lint { .. } => unreachable!(),
+            };
+            assert_eq!(shell.or(command).as_deref(), Some("git status"), "{args:?}");
+        }
+        assert!(parse(&["explain", "-c", "a", "b"]).is_err());
+        assert!(parse(&["explain"]).is_err());
+    }
+
+    #[test]
+    fn explain_lists_each_matched_rule_under_its_own_verdict() {
+        let text = "[profile]\nname = \"t\"\ndefault_verdict = \"allow\"\n\
+            [[rule]]\nid = \"d\"\nreason = \"r\"\nverdict = \"deny\"\nprogram = [\"rm\"]\n\
+            [[rule]]\nid = \"a\"\nreason = \"r\"\nverdict = \"approve\"\nprogram = [\"rm\"]\n";
+        let p = Profile::parse(text, "t.toml").unwrap();
+        let line = matched_line(&p, &["d".into(), "a".into()], Verdict::Deny);
+        assert_eq!(line, "deny: d; approve: a");
+        let line = matched_line(&p, &["a".into()], Verdict::Approve);
+        assert_eq!(line, "approve: a");
+        assert_eq!(
+            matched_line(&p, &[], Verdict::Allow),
+            "allow: no rule (profile default)"
+        );
     }
 
     #[test]

@@ -71,6 +71,9 @@ pub struct SimpleCommand {
     /// Programs of the next pipeline stage, or the shell that runs this command's output
     /// (`source <(…)`, `bash <(…)`).
     pub stdout_to: Vec<String>,
+    /// Programs that run this command's output as code through a substitution (`bash <(…)`,
+    /// `sh -c "$(…)"`); a subset of `stdout_to`.
+    pub substituted_into: Vec<String>,
     /// The working directory relative to the workspace when known (`None` after a `cd` to a
     /// dynamic place); absolute when the command changed to an absolute directory.
     pub cwd: Option<String>,
@@ -93,6 +96,7 @@ impl SimpleCommand {
             stdin_from: Vec::new(),
             upstream_inputs: Vec::new(),
             stdout_to: Vec::new(),
+            substituted_into: Vec::new(),
             cwd: Some(String::new()),
             via: Vec::new(),
             self_recursive: false,

@@ -481,7 +481,9 @@ impl Walker {
         if runs_code {
             for sub in &procsubs {
                 for &j in sub {
-                    self.out.commands[j].stdout_to.push(cmd.program.clone());
+                    let c = &mut self.out.commands[j];
+                    c.stdout_to.push(cmd.program.clone());
+                    c.substituted_into.push(cmd.program.clone());
                 }
             }
         }
@@ -857,16 +859,29 @@ pub(crate) fn parser_options() -> brush_parser::ParserOptions {
     brush_parser::ParserOptions::default()
 }
 
-/// True for a shell that would read its program from stdin (no `-c`, no script operand).
+/// Shells whose `-c`, script operand and stdin follow the POSIX shell's conventions.
+pub const POSIX_LIKE_SHELLS: &[&str] = &[
+    "sh", "bash", "dash", "zsh", "ksh", "ksh93", "mksh", "oksh", "loksh", "pdksh", "lksh", "ash",
+    "yash", "fish", "csh", "tcsh", "rbash", "posh", "bosh", "hush", "elvish", "xonsh",
+];
+
+/// Paths that name the process's own standard input.
+pub(crate) fn is_stdin_path(t: &str) -> bool {
+    matches!(
+        t,
+        "/dev/stdin" | "/dev/fd/0" | "/proc/self/fd/0" | "/proc/thread-self/fd/0"
+    )
+}
+
+/// True for a shell that would read its program from stdin (no `-c`, no script operand, or
+/// the operand is `/dev/stdin`).
 pub(crate) fn reads_code_from_stdin(c: &SimpleCommand) -> bool {
-    if !matches!(
-        c.program.as_str(),
-        "sh" | "bash" | "dash" | "zsh" | "ksh" | "mksh" | "ash" | "yash" | "fish"
-    ) {
+    if !POSIX_LIKE_SHELLS.contains(&c.program.as_str()) {
         return false;
     }
     let mut stdin = true;
-    for a in &c.args {
+    let mut args = c.args.iter();
+    while let Some(a) = args.next() {
         let t = a.text.as_str();
         if t == "-s" || t == "-" {
             return true;
@@ -874,12 +889,70 @@ pub(crate) fn reads_code_from_stdin(c: &SimpleCommand) -> bool {
         if t.starts_with('-') && t.len() > 1 && !t.starts_with("--") && t[1..].contains('c') {
             return false;
         }
+        if matches!(t, "--rcfile" | "--init-file") {
+            args.next();
+            continue;
+        }
         if !t.starts_with('-') && !t.starts_with('+') {
-            stdin = false;
+            stdin = is_stdin_path(t);
             break;
         }
     }
     stdin
+}
+
+/// Whether a command runs what arrives on its standard input as code: a shell reading its
+/// program from stdin, `source /dev/stdin`, an interpreter with no script, code option or
+/// module (`python3`, `python3 -`, `perl /dev/stdin`). `python3 -m json.tool`, `node -e …`,
+/// `jq`, `awk '…'` read data.
+pub fn stdin_is_code(c: &SimpleCommand) -> bool {
+    let p = c.program.as_str();
+    if matches!(p, "source" | ".") {
+        return c.args.first().is_some_and(|a| is_stdin_path(&a.text));
+    }
+    if matches!(p, "at" | "batch") {
+        return !c
+            .args
+            .iter()
+            .any(|a| a.text.starts_with("-f") || a.text == "-l");
+    }
+    if reads_code_from_stdin(c) {
+        return true;
+    }
+    let base = p.trim_end_matches(|ch: char| ch.is_ascii_digit() || ch == '.');
+    let code_options: &[&str] = match base {
+        "python" | "pypy" => &["-c", "-m"],
+        "perl" => &["-e", "-E"],
+        "ruby" => &["-e"],
+        "node" | "nodejs" => &["-e", "--eval", "-p", "--print", "-v", "--version", "-h"],
+        "php" => &["-r", "-f", "-a"],
+        "lua" | "luajit" => &["-e"],
+        "tclsh" | "Rscript" => &["-e"],
+        _ => return false,
+    };
+    for a in &c.args {
+        let t = a.text.as_str();
+        if t == "-" {
+            return true;
+        }
+        if code_options.contains(&t) || t.starts_with("--eval=") || t.starts_with("--print=") {
+            return false;
+        }
+        // A cluster ending in the code letter (`perl -lne`, `python3 -Bc`).
+        if t.starts_with('-')
+            && !t.starts_with("--")
+            && t.len() > 2
+            && code_options
+                .iter()
+                .any(|o| o.len() == 2 && t.ends_with(&o[1..]))
+        {
+            return false;
+        }
+        if !t.starts_with('-') {
+            return is_stdin_path(t);
+        }
+    }
+    true
 }
 
 /// The text a pipeline stage writes when it is plainly literal: `echo …`, `printf '…'`,

@@ -43,6 +43,9 @@ pub enum Predicate {
     Dynamic,
     /// `glob:PATTERN` on the word's text.
     Glob(String),
+    /// `iglob:PATTERN`: case-insensitive, runs of white space and `/*…*/` comments count as one
+    /// space (SQL: `DROP  DATABASE`, `drop/**/database`).
+    IGlob(String),
 }
 
 pub const PREDICATE_NAMES: &[&str] = &[
@@ -59,6 +62,7 @@ pub const PREDICATE_NAMES: &[&str] = &[
     "delete_refspec",
     "dynamic",
     "glob:PATTERN",
+    "iglob:PATTERN",
 ];
 
 impl Predicate {
@@ -76,8 +80,9 @@ impl Predicate {
             "force_refspec" => Predicate::ForceRefspec,
             "delete_refspec" => Predicate::DeleteRefspec,
             "dynamic" => Predicate::Dynamic,
-            _ => match s.strip_prefix("glob:") {
-                Some(p) if !p.is_empty() => Predicate::Glob(p.to_string()),
+            _ => match (s.strip_prefix("glob:"), s.strip_prefix("iglob:")) {
+                (Some(p), _) if !p.is_empty() => Predicate::Glob(p.to_string()),
+                (_, Some(p)) if !p.is_empty() => Predicate::IGlob(squash(p)),
                 _ => return Err(format!("unknown predicate {s:?}")),
             },
         })
@@ -87,10 +92,18 @@ impl Predicate {
         match self {
             Predicate::Dynamic => w.dynamic,
             Predicate::Glob(p) => glob_match(p, &w.text),
+            Predicate::IGlob(p) => glob_match(p, &squash(&w.text)),
             Predicate::ForceRefspec => w.text.len() > 1 && w.text.starts_with('+'),
             Predicate::DeleteRefspec => w.text.len() > 1 && w.text.starts_with(':'),
             Predicate::RemoteUrl => is_remote_url(&w.text),
             Predicate::Secret => path_candidates(w).any(|t| is_secret(t, cwd, ctx)),
+            Predicate::BlockDevice if w.glob => path_candidates(w).any(|t| {
+                normalise(t, cwd, ctx).is_some_and(|p| {
+                    DEVICE_SAMPLES
+                        .iter()
+                        .any(|d| glob_match(&p, d) && is_block_device(d))
+                })
+            }),
             _ => {
                 if w.dynamic && !w.text.starts_with('~') && !w.text.starts_with('/') {
                     return false;
@@ -101,9 +114,6 @@ impl Predicate {
     }
 
     fn test_path(&self, text: &str, cwd: Option<&str>, ctx: &Paths) -> bool {
-        if matches!(self, Predicate::BlockDevice | Predicate::NetDevice) && !text.contains("dev") {
-            return false;
-        }
         let Some(p) = normalise(text, cwd, ctx) else {
             // Relative to an unknown directory: only "could be anywhere" predicates hold.
             return matches!(self, Predicate::OutsideWorkspace) && !text.starts_with('-');
@@ -124,7 +134,7 @@ impl Predicate {
                     return false;
                 }
                 let inside = p == ws || p.starts_with(&format!("{ws}/"));
-                !inside && !private_temp(&p, ws) && p != "/dev/null"
+                !inside && !private_temp(&p, ws) && !is_harmless_device(&p)
             }
             Predicate::BlockDevice => is_block_device(&p),
             Predicate::NetDevice => p.starts_with("/dev/tcp/") || p.starts_with("/dev/udp/"),
@@ -153,7 +163,50 @@ fn private_temp(p: &str, ws: &str) -> bool {
     !ancestor && !covers
 }
 
-/// The texts of a word that may name a path: itself, the value of `key=value`, `@file`.
+/// Device names a glob such as `/dev/s?a` is tested against.
+const DEVICE_SAMPLES: &[&str] = &[
+    "/dev/sda",
+    "/dev/sdb",
+    "/dev/sda1",
+    "/dev/hda",
+    "/dev/vda",
+    "/dev/vda1",
+    "/dev/xvda",
+    "/dev/nvme0n1",
+    "/dev/nvme0n1p1",
+    "/dev/mmcblk0",
+    "/dev/dm-0",
+    "/dev/md0",
+    "/dev/loop0",
+    "/dev/mapper/root",
+    "/dev/sr0",
+    "/dev/mem",
+    "/dev/kmem",
+    "/dev/port",
+    "/dev/nbd0",
+];
+
+/// Device files that are not storage: writing or naming them changes nothing outside.
+fn is_harmless_device(p: &str) -> bool {
+    matches!(
+        p,
+        "/dev/null"
+            | "/dev/zero"
+            | "/dev/full"
+            | "/dev/stdout"
+            | "/dev/stderr"
+            | "/dev/stdin"
+            | "/dev/tty"
+            | "/dev/random"
+            | "/dev/urandom"
+    ) || ["/dev/fd/", "/proc/self/fd/", "/dev/pts/"].iter().any(|d| {
+        p.strip_prefix(d)
+            .is_some_and(|n| !n.is_empty() && !n.contains('/'))
+    })
+}
+
+/// The texts of a word that may name a path: itself, the value of `key=value`, `@file`,
+/// `<file` (curl `-F name=<file` reads the file into the form).
 fn path_candidates(w: &Word) -> impl Iterator<Item = &str> {
     let t = w.text.as_str();
     let after_eq = t
@@ -162,8 +215,35 @@ fn path_candidates(w: &Word) -> impl Iterator<Item = &str> {
         .map(|(_, v)| v);
     let after_at = t
         .strip_prefix('@')
-        .or_else(|| t.split_once("=@").map(|(_, v)| v));
+        .or_else(|| t.split_once("=@").map(|(_, v)| v))
+        .or_else(|| t.strip_prefix('<'))
+        .or_else(|| t.split_once("=<").map(|(_, v)| v));
     std::iter::once(t).chain(after_eq).chain(after_at)
+}
+
+/// Lower case, white space runs and `/*…*/` comments as one space, trimmed.
+fn squash(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    let mut space = false;
+    while let Some(c) = rest.chars().next() {
+        if let Some(after) = rest.strip_prefix("/*") {
+            rest = after.split_once("*/").map_or("", |(_, r)| r);
+            space = true;
+            continue;
+        }
+        rest = &rest[c.len_utf8()..];
+        if c.is_whitespace() {
+            space = true;
+            continue;
+        }
+        if space && !out.is_empty() {
+            out.push(' ');
+        }
+        space = false;
+        out.extend(c.to_lowercase());
+    }
+    out
 }
 
 /// Lexical normalisation to an absolute path; `None` when relative to an unknown directory.
@@ -203,6 +283,15 @@ fn normalise_abs(path: &str) -> String {
                 parts.pop();
             }
             c => parts.push(c),
+        }
+        // `/proc/self/root/…` (and `/proc/PID/root`) is `/…`.
+        if parts.len() == 3
+            && parts[0] == "proc"
+            && parts[2] == "root"
+            && (matches!(parts[1], "self" | "thread-self" | "1")
+                || parts[1].chars().all(|c| c.is_ascii_digit()))
+        {
+            parts.clear();
         }
     }
     format!("/{}", parts.join("/"))
@@ -265,11 +354,17 @@ fn is_secret(text: &str, cwd: Option<&str>, ctx: &Paths) -> bool {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    // Public keys are meant to be shared.
+    if name.ends_with(".pub") {
+        return false;
+    }
     if name == ".env"
         || (name.starts_with(".env.") && !name.ends_with(".example") && !name.ends_with(".sample"))
-        || name.starts_with("id_rsa")
-        || name.starts_with("id_ed25519")
-        || name.starts_with("id_ecdsa")
+        || (name.starts_with("id_rsa")
+            || name.starts_with("id_ed25519")
+            || name.starts_with("id_ecdsa")
+            || name.starts_with("id_dsa"))
+            && !name.ends_with(".pub")
         || name.ends_with(".pem")
         || name == "credentials"
     {

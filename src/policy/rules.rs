@@ -17,6 +17,7 @@ pub struct Facts<'a> {
     cmd: &'a SimpleCommand,
     flags: OnceCell<Flags<'a>>,
     positionals: OnceCell<Vec<&'a str>>,
+    stdin_is_code: OnceCell<bool>,
 }
 
 impl<'a> Facts<'a> {
@@ -25,6 +26,7 @@ impl<'a> Facts<'a> {
             cmd,
             flags: OnceCell::new(),
             positionals: OnceCell::new(),
+            stdin_is_code: OnceCell::new(),
         }
     }
 }
@@ -43,15 +45,30 @@ pub struct RawRule {
     /// Alternatives; each is one or more words after the options (`"stash clear"`).
     #[serde(default)]
     pub subcommand: Vec<String>,
+    /// The rule does not hold when the positional words start with one of these (read-only
+    /// subcommands: `status`, `list`), so an unknown subcommand stays flagged.
+    #[serde(default)]
+    pub not_subcommand: Vec<String>,
     /// Every group must be present; a group is `|`-separated spellings (`"-r|-R|--recursive"`).
     #[serde(default)]
     pub all_flags: Vec<String>,
     /// At least one of these flags.
     #[serde(default)]
     pub any_flag: Vec<String>,
+    /// None of these flags (read-only or dry-run spellings: `-n`, `--dry-run`, `--help`).
+    #[serde(default)]
+    pub no_flag: Vec<String>,
     /// At least one argument satisfies one of these predicates.
     #[serde(default)]
     pub args_any: Vec<String>,
+    /// At least one operand other than the last (the sources of `cp`/`scp`/`rsync`) satisfies
+    /// one of these predicates.
+    #[serde(default)]
+    pub sources_any: Vec<String>,
+    /// Options whose values `args_any`/`sources_any` do not look at (`-i key.pem`,
+    /// `--cacert ca.pem`: a file used locally, not sent).
+    #[serde(default)]
+    pub skip_values_of: Vec<String>,
     /// At least one output redirection target satisfies one of these predicates.
     #[serde(default)]
     pub writes_any: Vec<String>,
@@ -67,6 +84,14 @@ pub struct RawRule {
     /// A program that receives this command's output as input or code.
     #[serde(default)]
     pub stdout_to: Vec<String>,
+    /// A program that runs this command's output as code through a substitution
+    /// (`bash <(…)`, `sh -c "$(…)"`); a pipe is `stdout_to` only.
+    #[serde(default)]
+    pub substituted_into: Vec<String>,
+    /// The program reads the code it runs from its standard input (`sh`, `bash -s`,
+    /// `python3 -`, `source /dev/stdin`; not `python3 -m json.tool` or `node -e …`).
+    #[serde(default)]
+    pub stdin_is_code: Option<bool>,
     /// The command calls the function it is defined in (fork bombs).
     #[serde(default)]
     pub self_recursive: Option<bool>,
@@ -94,14 +119,20 @@ pub struct Rule {
     pub verdict: Verdict,
     program: Vec<Name>,
     subcommand: Vec<Vec<String>>,
+    not_subcommand: Vec<Vec<String>>,
     all_flags: Vec<Vec<Flag>>,
     any_flag: Vec<Flag>,
+    no_flag: Vec<Flag>,
     args_any: Vec<Predicate>,
+    sources_any: Vec<Predicate>,
+    skip_values_of: Vec<String>,
     writes_any: Vec<Predicate>,
     reads_any: Vec<Predicate>,
     upstream_any: Vec<Predicate>,
     stdin_from: Vec<Name>,
     stdout_to: Vec<Name>,
+    substituted_into: Vec<Name>,
+    stdin_is_code: Option<bool>,
     self_recursive: Option<bool>,
     runs_download: Option<bool>,
     pub examples: RawExamples,
@@ -367,6 +398,42 @@ fn positionals(cmd: &SimpleCommand) -> Vec<&str> {
     out
 }
 
+/// The arguments a rule's `args_any` looks at: all, except the values of `skip` options
+/// (`-i key.pem`, `--cacert=ca.pem`, `-ikey.pem`).
+fn judged_args<'a>(args: &'a [Word], skip: &'a [String]) -> impl Iterator<Item = &'a Word> {
+    let mut skip_next = false;
+    let mut after_dashdash = false;
+    args.iter().filter(move |a| {
+        if std::mem::take(&mut skip_next) {
+            return false;
+        }
+        let t = a.text.as_str();
+        if after_dashdash || skip.is_empty() {
+            return true;
+        }
+        if t == "--" {
+            after_dashdash = true;
+            return true;
+        }
+        for o in skip {
+            if t == o {
+                skip_next = true;
+                return true;
+            }
+            let attached = if o.starts_with("--") {
+                t.strip_prefix(o.as_str())
+                    .is_some_and(|r| r.starts_with('='))
+            } else {
+                o.len() == 2 && t.starts_with(o.as_str()) && t.len() > 2
+            };
+            if attached {
+                return false;
+            }
+        }
+        true
+    })
+}
+
 fn predicates(list: &[String], key: &'static str) -> Result<Vec<Predicate>, KeyError> {
     list.iter()
         .map(|s| {
@@ -413,29 +480,57 @@ impl Rule {
             .iter()
             .map(|f| Flag::parse(f, "any_flag"))
             .collect::<Result<Vec<Flag>, KeyError>>()?;
+        let no_flag = raw
+            .no_flag
+            .iter()
+            .map(|f| Flag::parse(f, "no_flag"))
+            .collect::<Result<Vec<Flag>, KeyError>>()?;
+        if let Some(bad) = raw.skip_values_of.iter().find(|o| !o.starts_with('-')) {
+            return Err(KeyError {
+                key: "skip_values_of",
+                message: format!("{bad:?} is not an option"),
+                fix: "write the option as given on the command line: `-i`, `--cacert`".into(),
+            });
+        }
         let subcommand = raw
             .subcommand
             .iter()
             .map(|s| s.split_whitespace().map(String::from).collect::<Vec<_>>())
             .collect::<Vec<_>>();
-        if subcommand.iter().any(Vec::is_empty) {
-            return Err(KeyError {
-                key: "subcommand",
-                message: "contains an empty entry".into(),
-                fix: "write words such as \"push\" or \"stash clear\"".into(),
-            });
+        let not_subcommand = raw
+            .not_subcommand
+            .iter()
+            .map(|s| s.split_whitespace().map(String::from).collect::<Vec<_>>())
+            .collect::<Vec<_>>();
+        for (key, list) in [
+            ("subcommand", &subcommand),
+            ("not_subcommand", &not_subcommand),
+        ] {
+            if list.iter().any(Vec::is_empty) {
+                return Err(KeyError {
+                    key,
+                    message: "contains an empty entry".into(),
+                    fix: "write words such as \"push\" or \"stash clear\"".into(),
+                });
+            }
         }
         let rule = Rule {
             program: names(&raw.program, "program")?,
             subcommand,
+            not_subcommand,
             all_flags,
             any_flag,
+            no_flag,
             args_any: predicates(&raw.args_any, "args_any")?,
+            sources_any: predicates(&raw.sources_any, "sources_any")?,
+            skip_values_of: raw.skip_values_of,
             writes_any: predicates(&raw.writes_any, "writes_any")?,
             reads_any: predicates(&raw.reads_any, "reads_any")?,
             upstream_any: predicates(&raw.upstream_any, "upstream_any")?,
             stdin_from: names(&raw.stdin_from, "stdin_from")?,
             stdout_to: names(&raw.stdout_to, "stdout_to")?,
+            substituted_into: names(&raw.substituted_into, "substituted_into")?,
+            stdin_is_code: raw.stdin_is_code,
             self_recursive: raw.self_recursive,
             runs_download: raw.runs_download,
             id: raw.id,
@@ -446,6 +541,7 @@ impl Rule {
         if rule.program.is_empty()
             && rule.stdin_from.is_empty()
             && rule.stdout_to.is_empty()
+            && rule.substituted_into.is_empty()
             && rule.writes_any.is_empty()
             && rule.reads_any.is_empty()
             && rule.self_recursive.is_none()
@@ -475,16 +571,19 @@ impl Rule {
         if !self.program.is_empty() && !self.program.iter().any(|n| n.matches(&cmd.program)) {
             return false;
         }
-        if !self.subcommand.is_empty() {
+        if !self.subcommand.is_empty() || !self.not_subcommand.is_empty() {
             let pos = facts.positionals.get_or_init(|| positionals(cmd));
-            let hit = self.subcommand.iter().any(|sub| {
+            let starts = |sub: &Vec<String>| {
                 sub.len() <= pos.len() && sub.iter().zip(pos.iter()).all(|(a, b)| a == b)
-            });
-            if !hit {
+            };
+            if !self.subcommand.is_empty() && !self.subcommand.iter().any(starts) {
+                return false;
+            }
+            if self.not_subcommand.iter().any(starts) {
                 return false;
             }
         }
-        if !self.all_flags.is_empty() || !self.any_flag.is_empty() {
+        if !self.all_flags.is_empty() || !self.any_flag.is_empty() || !self.no_flag.is_empty() {
             let flags = facts.flags.get_or_init(|| Flags::of(&cmd.args));
             if !self
                 .all_flags
@@ -496,9 +595,26 @@ impl Rule {
             if !self.any_flag.is_empty() && !self.any_flag.iter().any(|f| flags.has(f)) {
                 return false;
             }
+            if self.no_flag.iter().any(|f| flags.has(f)) {
+                return false;
+            }
         }
-        if !self.args_any.is_empty() && !test_any(&self.args_any, &mut cmd.args.iter()) {
+        if !self.args_any.is_empty()
+            && !test_any(
+                &self.args_any,
+                &mut judged_args(&cmd.args, &self.skip_values_of),
+            )
+        {
             return false;
+        }
+        if !self.sources_any.is_empty() {
+            let operands: Vec<&Word> = judged_args(&cmd.args, &self.skip_values_of)
+                .filter(|w| !w.text.starts_with('-') || w.text == "-")
+                .collect();
+            let sources = operands.len().saturating_sub(1);
+            if !test_any(&self.sources_any, &mut operands.into_iter().take(sources)) {
+                return false;
+            }
         }
         if !self.writes_any.is_empty() {
             let mut writes = cmd.redirects.iter().filter_map(|r| match r {
@@ -536,6 +652,21 @@ impl Rule {
                 .stdout_to
                 .iter()
                 .any(|p| self.stdout_to.iter().any(|n| n.matches(p)))
+        {
+            return false;
+        }
+        if !self.substituted_into.is_empty()
+            && !cmd
+                .substituted_into
+                .iter()
+                .any(|p| self.substituted_into.iter().any(|n| n.matches(p)))
+        {
+            return false;
+        }
+        if let Some(v) = self.stdin_is_code
+            && v != *facts
+                .stdin_is_code
+                .get_or_init(|| super::parse::stdin_is_code(cmd))
         {
             return false;
         }

@@ -143,6 +143,26 @@ const INJECT_ENV: &[&str] = &[
     "NODE_OPTIONS",
 ];
 
+/// Whether a `NODE_OPTIONS` value makes node load a module (`-r`, `--require`, `--import`,
+/// `--loader`, `--experimental-loader`, `--inspect` opens a debugger port).
+fn node_options_load_code(v: &str) -> bool {
+    v.split_whitespace().any(|o| {
+        o == "-r"
+            || [
+                "--require",
+                "--import",
+                "--loader",
+                "--experimental-loader",
+                "--inspect",
+                "--env-file",
+                "--eval",
+                "-e",
+            ]
+            .iter()
+            .any(|p| o.starts_with(p))
+    })
+}
+
 /// git `-c key=value` keys whose value is run as a command.
 const GIT_CODE_KEYS: &[&str] = &[
     "core.pager",
@@ -315,6 +335,8 @@ impl Walker {
             let mut v = via.to_vec();
             v.push(format!("{name}="));
             self.code(value, depth, &v, name);
+        } else if name == "NODE_OPTIONS" && !node_options_load_code(&value.text) && !value.dynamic {
+            // `--max-old-space-size=…`, `--enable-source-maps`: tuning, no code.
         } else if INJECT_ENV.contains(&name) {
             self.fail(
                 "code-injecting-environment",
@@ -329,7 +351,9 @@ impl Walker {
             // `sh -c "$(curl …)"`: the substitution's output is the code.
             let runner = via.last().cloned().unwrap_or_default();
             for &j in &code.from {
-                self.out.commands[j].stdout_to.push(runner.clone());
+                let c = &mut self.out.commands[j];
+                c.stdout_to.push(runner.clone());
+                c.substituted_into.push(runner.clone());
             }
             self.fail(
                 "dynamic-code",
@@ -487,6 +511,59 @@ impl Walker {
         } else {
             starts
         };
+        // What `{}` can be: with a name/path/time/size test, some paths below the start
+        // (`START/{}`); with only `-type`/`-mindepth`, everything below it (`START/*`);
+        // with no test, the start point itself as well.
+        let tests = |names: &[&str]| cmd.args.iter().any(|a| names.contains(&a.text.as_str()));
+        let selective = tests(&[
+            "-name",
+            "-iname",
+            "-path",
+            "-ipath",
+            "-wholename",
+            "-iwholename",
+            "-regex",
+            "-iregex",
+            "-newer",
+            "-mtime",
+            "-mmin",
+            "-atime",
+            "-amin",
+            "-ctime",
+            "-cmin",
+            "-size",
+            "-perm",
+            "-user",
+            "-group",
+            "-nouser",
+            "-nogroup",
+            "-empty",
+            "-links",
+            "-inum",
+            "-samefile",
+            "-lname",
+            "-ilname",
+            "-newermt",
+            "-used",
+            "-uid",
+            "-gid",
+        ]);
+        let below = tests(&["-type", "-mindepth", "-xtype"]);
+        let starts: Vec<Word> = starts
+            .into_iter()
+            .map(|s| match (selective, below) {
+                (true, _) => Word {
+                    text: format!("{}/{{}}", s.text.trim_end_matches('/')),
+                    ..s
+                },
+                (false, true) => Word {
+                    text: format!("{}/*", s.text.trim_end_matches('/')),
+                    glob: true,
+                    ..s
+                },
+                _ => s,
+            })
+            .collect();
         let mut i = 0;
         while i < cmd.args.len() {
             let t = cmd.args[i].text.as_str();
