@@ -83,6 +83,10 @@ pub struct SandboxProfile {
     pub env_passthrough: Vec<String>,
     /// Layers the operator explicitly allows to be missing. Empty by default: fail closed.
     pub allow_degraded: Vec<Degradation>,
+    /// How deep the walk for git directories goes below the workspace (`sandbox::protect`).
+    pub protect_scan_depth: usize,
+    /// How many directory entries that walk reads at most (before and again after each job).
+    pub protect_scan_entries: usize,
 }
 
 /// Network view inside the sandbox.
@@ -223,6 +227,10 @@ struct RawSandbox {
     env: Vec<String>,
     #[serde(default)]
     allow_degraded: Vec<Degradation>,
+    #[serde(default = "default_protect_scan_depth")]
+    protect_scan_depth: usize,
+    #[serde(default = "default_protect_scan_entries")]
+    protect_scan_entries: usize,
 }
 
 impl Default for RawSandbox {
@@ -236,6 +244,8 @@ impl Default for RawSandbox {
             seccomp: default_seccomp(),
             env: Vec::new(),
             allow_degraded: Vec::new(),
+            protect_scan_depth: default_protect_scan_depth(),
+            protect_scan_entries: default_protect_scan_entries(),
         }
     }
 }
@@ -250,6 +260,17 @@ fn default_read_only() -> Vec<String> {
 fn default_protected() -> Vec<String> {
     [".git/hooks", ".git/config"].map(String::from).to_vec()
 }
+/// Deep enough for `vendor/x/y/sub/.git`; the entry budget bounds the cost, not the depth.
+fn default_protect_scan_depth() -> usize {
+    8
+}
+/// About 10 ms of walking on a warm cache (docs/benchmarks.md), twice per job.
+fn default_protect_scan_entries() -> usize {
+    50_000
+}
+/// Above this the walk costs more than the job's start-up by far; a larger tree should list
+/// its repositories' parents instead of walking everything.
+const MAX_PROTECT_SCAN_ENTRIES: usize = 10_000_000;
 fn default_network() -> NetworkMode {
     NetworkMode::None
 }
@@ -403,7 +424,28 @@ impl Profile {
             seccomp: s.seccomp,
             env_passthrough: s.env,
             allow_degraded: s.allow_degraded,
+            protect_scan_depth: s.protect_scan_depth,
+            protect_scan_entries: s.protect_scan_entries,
         };
+        if sandbox.protect_scan_entries == 0
+            || sandbox.protect_scan_entries > MAX_PROTECT_SCAN_ENTRIES
+        {
+            return Err(invalid(
+                "sandbox.protect_scan_entries",
+                format!("{} is out of range", sandbox.protect_scan_entries),
+                &format!(
+                    "use 1 to {MAX_PROTECT_SCAN_ENTRIES} (default {})",
+                    default_protect_scan_entries()
+                ),
+            ));
+        }
+        if sandbox.protect_scan_depth > 64 {
+            return Err(invalid(
+                "sandbox.protect_scan_depth",
+                format!("{} is out of range", sandbox.protect_scan_depth),
+                &format!("use 0 to 64 (default {})", default_protect_scan_depth()),
+            ));
+        }
 
         let l = raw.limits;
         let size = |key: &str, v: Option<RawSize>| -> Result<Option<u64>, ProfileError> {

@@ -136,6 +136,10 @@ pub enum Event {
         reason: String,
         /// CPU time, peaks and the like, including cgroup peaks.
         usage: serde_json::Value,
+        /// The exit event's `protection` (what the job planted and what was quarantined);
+        /// absent when the job did not run.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        protection: Option<serde_json::Value>,
     },
     ConfigReload {
         config_sha256: String,

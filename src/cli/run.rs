@@ -297,6 +297,7 @@ pub fn run(args: RunArgs) -> ExitCode {
                     "stderr_truncated": outcome.stderr_truncated,
                     "degraded": outcome.degraded,
                     "cgroup_version": outcome.cgroup_version,
+                    "protection": outcome.protection,
                     "policy": {"profile": profile.name, "verdict": decision.verdict, "rule": decision.rule},
                 });
                 eprintln!("{v}");
@@ -306,6 +307,19 @@ pub fn run(args: RunArgs) -> ExitCode {
                     eprintln!(
                         "execbox: warning: ran without {} (allowed by the profile)",
                         names.join(", ")
+                    );
+                }
+                for f in &outcome.protection.findings {
+                    eprintln!(
+                        "execbox: warning: protect: {} {:?} {:?}: {}{}",
+                        f.path,
+                        f.change,
+                        f.action,
+                        f.detail,
+                        f.quarantined_as
+                            .as_deref()
+                            .map(|q| format!(" (now {q})"))
+                            .unwrap_or_default()
                     );
                 }
                 if !matches!(outcome.ending, sandbox::Ending::Exited { .. })

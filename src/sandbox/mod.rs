@@ -13,6 +13,7 @@ mod child;
 pub mod landlock;
 pub mod plan;
 pub mod prepare;
+pub mod protect;
 pub mod report;
 pub mod seccomp;
 mod spawn;
@@ -107,6 +108,8 @@ pub struct Outcome {
     pub degraded: Vec<Degradation>,
     /// The cgroup version used (None when degraded away).
     pub cgroup_version: Option<u8>,
+    /// What the host-side protection guarded and found after the job (`protect`).
+    pub protection: protect::ProtectionReport,
 }
 
 /// Why a job could not start. Nothing ran, and nothing was left behind.

@@ -57,7 +57,8 @@ pub enum MountOp {
         flags: libc::c_ulong,
     },
     /// After pivot: bind `src` (a path in the new root) onto `target` with `attrs`: a protected
-    /// path onto itself read-only, or `/dev/null` over a hidden file.
+    /// path onto itself read-only, or a git directory onto itself writable (a mount point
+    /// cannot be renamed).
     Rebind {
         src: CString,
         target: CString,
@@ -99,8 +100,11 @@ impl MountOp {
                 format!("attach idmapped workspace {}", display.display())
             }
             MountOp::Tmpfs { target, .. } => format!("mount tmpfs on {}", s(target)),
-            MountOp::Rebind { display, .. } => {
+            MountOp::Rebind { display, attrs, .. } if attrs & libc::MOUNT_ATTR_RDONLY != 0 => {
                 format!("re-bind {} read-only", display.display())
+            }
+            MountOp::Rebind { display, .. } => {
+                format!("pin {} in place (bind onto itself)", display.display())
             }
             MountOp::HideFile { display, .. } => format!("hide {}", display.display()),
             MountOp::RemountReadOnly { target } => format!("remount {} read-only", s(target)),

@@ -9,6 +9,7 @@ use std::path::{Component, Path, PathBuf};
 
 use super::landlock::{self, Access};
 use super::plan::{LandlockRule, MountOp, Plan, cpath, pointer_array};
+use super::protect::{Guard, GuardKind};
 use super::{JobSpec, SetupError, seccomp, sys};
 use crate::profile::Degradation;
 
@@ -136,6 +137,7 @@ const DEV_NODES: &[&str] = &["null", "zero", "full", "random", "urandom"];
 /// Builds the plan. `stdio`, `report_fd` and `sync_fd` are the parent's fds the child inherits.
 pub fn build(
     spec: &JobSpec,
+    guards: &[Guard],
     identity: Identity,
     landlock_abi: Option<u32>,
     degraded: &mut Vec<Degradation>,
@@ -348,32 +350,33 @@ pub fn build(
     }
     ll_rules.push((ws.clone(), Access::READ_WRITE_DIR));
 
-    // Protected paths (code the host runs later) re-bound read-only; hidden paths covered.
-    for rel in &spec.sandbox.protected {
-        let p = ws.join(rel);
-        if std::fs::symlink_metadata(&p).is_ok_and(|m| !m.file_type().is_symlink()) {
-            mounts.push(MountOp::Rebind {
+    // Guards from `protect` (parents first): git directories and the ancestors of protected
+    // and hidden paths pinned in place, code-bearing entries read-only, hidden paths covered.
+    for g in guards {
+        let p = ws.join(&g.rel);
+        mounts.push(match g.kind {
+            GuardKind::Pin => MountOp::Rebind {
+                src: c(&p)?,
+                target: c(&p)?,
+                attrs: rw,
+                display: p,
+            },
+            GuardKind::ReadOnly => MountOp::Rebind {
                 src: c(&p)?,
                 target: c(&p)?,
                 attrs: ro,
                 display: p,
-            });
-        }
-    }
-    for rel in &spec.sandbox.hidden {
-        let p = ws.join(rel);
-        match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.is_dir() => mounts.push(MountOp::Tmpfs {
+            },
+            GuardKind::HideDir => MountOp::Tmpfs {
                 target: c(&p)?,
                 data: CString::from(c"mode=0000,size=4k,nr_inodes=1"),
                 flags: libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            }),
-            Ok(m) if m.is_file() => mounts.push(MountOp::HideFile {
+            },
+            GuardKind::HideFile => MountOp::HideFile {
                 target: c(&p)?,
                 display: p,
-            }),
-            _ => {}
-        }
+            },
+        });
     }
     mounts.push(MountOp::RemountReadOnly {
         target: c(Path::new("/"))?,

@@ -10,6 +10,7 @@ use std::time::Instant;
 use super::cgroup::{CgroupLimits, Hierarchy, JobCgroup};
 use super::plan::{MountOp, Plan};
 use super::prepare::{self, Identity};
+use super::protect;
 use super::report::{RECORD_LEN, Record, Step};
 use super::sys::{self, Errno, Exit};
 use super::{Ending, JobSpec, Outcome, OutputSink, SetupError, Stream};
@@ -61,7 +62,15 @@ pub fn run(
             });
         }
     };
-    let mut plan = prepare::build(&spec, identity, landlock_abi, &mut degraded)?;
+    let protection = protect::prepare(&spec.workspace, &spec.sandbox)?;
+    phase(started, "workspace scanned (protect)");
+    let mut plan = prepare::build(
+        &spec,
+        &protection.guards,
+        identity,
+        landlock_abi,
+        &mut degraded,
+    )?;
     phase(started, "plan built");
     let prewarmed = spec.prewarmed.take().unwrap_or_default();
 
@@ -115,15 +124,34 @@ pub fn run(
     {
         tracing::warn!(error = %e, "job cgroup not removed");
     }
+    // Every process of the job is gone: what it left in the workspace can be judged.
+    let protection = protect::after(&spec.workspace, &protection, &quarantine_stamp(&spec));
+    phase(started, "workspace checked (protect)");
     let relay = result?;
-    Ok(finish(
-        relay,
-        limits,
-        usage,
-        degraded,
-        cgroup_version,
-        started,
-    ))
+    let mut outcome = finish(relay, limits, usage, degraded, cgroup_version, started);
+    outcome.protection = protection;
+    Ok(outcome)
+}
+
+/// The job's part of quarantine names: the unique suffix of its cgroup name.
+fn quarantine_stamp(spec: &JobSpec) -> String {
+    let suffix = spec
+        .job_name
+        .strip_prefix(RUN_JOB_PREFIX)
+        .and_then(|rest| rest.split_once('-'))
+        .map(|(_, s)| s)
+        .unwrap_or(&spec.job_name);
+    suffix
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect()
 }
 
 /// A debug-level timing mark (`EXECBOX_LOG=execbox=debug`): where a job's start-up time goes.
@@ -770,6 +798,7 @@ fn finish(
         stderr_truncated: r.stderr.truncated,
         degraded,
         cgroup_version,
+        protection: Default::default(),
     }
 }
 

@@ -1131,3 +1131,21 @@ pub fn getdents64(fd: BorrowedFd<'_>, buf: &mut [u8]) -> SysResult<usize> {
         check(r).map(|n| n as usize)
     })
 }
+
+/// `renameat2(dir, old, dir, new, RENAME_NOREPLACE)`: renames one entry of `dir` without
+/// replacing an existing `new` (host side: quarantining a file a job planted, `protect`).
+pub fn rename_noreplace(dir: BorrowedFd<'_>, old: &CStr, new: &CStr) -> SysResult<()> {
+    retry(|| {
+        // SAFETY: both names are NUL-terminated and only read during the call; the fd is open.
+        check_int(unsafe {
+            libc::renameat2(
+                dir.as_raw_fd(),
+                old.as_ptr(),
+                dir.as_raw_fd(),
+                new.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        })
+    })
+    .map(|_| ())
+}

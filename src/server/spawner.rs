@@ -108,6 +108,8 @@ pub struct WireExit {
     pub stdout_truncated: u64,
     pub stderr_truncated: u64,
     pub degraded: Vec<String>,
+    /// What the host-side protection guarded and quarantined (`sandbox::protect`).
+    pub protection: sandbox::protect::ProtectionReport,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -148,6 +150,7 @@ impl WireExit {
             stdout_truncated: o.stdout_truncated,
             stderr_truncated: o.stderr_truncated,
             degraded: o.degraded.iter().map(|d| d.name().to_string()).collect(),
+            protection: o.protection.clone(),
         }
     }
 }

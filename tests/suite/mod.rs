@@ -12,6 +12,7 @@ mod pairing;
 mod policy;
 mod prewarm;
 mod privilege;
+mod protect;
 mod run_policy;
 mod sandbox;
 mod tidy;

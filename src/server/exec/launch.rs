@@ -158,6 +158,7 @@ pub(super) async fn launch(
             code: Some(126),
             reason: "setup_failed".into(),
             usage: serde_json::Value::Null,
+            protection: None,
         });
         if let Some(a) = accepted {
             let _ = tx.try_send(a);

@@ -178,6 +178,7 @@ impl Relay {
                     .unwrap_or("unknown")
                     .into(),
                 usage,
+                protection: exit.get("protection").cloned(),
             })
             .await;
         // GET /v1/jobs/{id} keeps the exit event without the (large) envelope.
