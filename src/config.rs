@@ -48,6 +48,16 @@ pub struct Config {
     pub log_json: bool,
     pub sessions: SessionsConfig,
     pub pairing: PairingConfig,
+    pub files: FilesConfig,
+}
+
+/// `[files]`: the bounds on `/v1/files` (files in and out of a session's workspace).
+#[derive(Debug, Clone)]
+pub struct FilesConfig {
+    /// The largest upload; a longer body answers 413 `too_large` and leaves nothing behind.
+    pub max_file_bytes: u64,
+    /// Entries one listing returns at most (then `truncated: true`).
+    pub max_list_entries: usize,
 }
 
 /// `[sessions]`: how root sessions come to be.
@@ -200,6 +210,15 @@ pub struct RawConfig {
     pairing: RawPairing,
     #[serde(default)]
     detach: RawDetach,
+    #[serde(default)]
+    files: RawFiles,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFiles {
+    max_file_bytes: Option<String>,
+    max_list_entries: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -725,6 +744,20 @@ impl RawConfig {
                 "write e.g. \"1s\" (it doubles after each failure)",
             ));
         }
+        let files = FilesConfig {
+            max_file_bytes: size("files.max_file_bytes", self.files.max_file_bytes, 64 << 20)?,
+            max_list_entries: positive(
+                "files.max_list_entries",
+                self.files.max_list_entries.unwrap_or(10_000),
+            )?,
+        };
+        if files.max_file_bytes == 0 {
+            return Err(invalid(
+                "files.max_file_bytes",
+                "is 0".into(),
+                "write e.g. \"64MiB\"",
+            ));
+        }
         let sandbox_uid_base = self
             .sandbox
             .uid_base
@@ -762,6 +795,7 @@ impl RawConfig {
                 require_pairing: self.sessions.require_pairing,
             },
             pairing,
+            files,
         })
     }
 }

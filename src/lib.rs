@@ -8,6 +8,7 @@
 //! - [`sandbox`]: namespaces, mounts, landlock, seccomp, capabilities, cgroups and the spawn
 //!   itself. `sandbox::sys` is the only module allowed to contain `unsafe`.
 //! - [`doctor`]: host, config and file-permission checks (`execbox doctor`, and at `serve` start).
+//! - [`files`]: files in and out of a session's workspace, strictly beneath it (`/v1/files`).
 //! - [`units`]: parsing of sizes and durations shared by the CLI and the profile.
 
 pub mod artifacts;
@@ -15,6 +16,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod doctor;
+pub mod files;
 pub mod policy;
 pub mod profile;
 pub mod sandbox;

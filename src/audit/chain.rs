@@ -180,6 +180,28 @@ pub enum Event {
         kind: String,
         detail: String,
     },
+    /// A file was uploaded into a session's workspace (`PUT /v1/files/{path}`): recorded after
+    /// the bytes are on disk and before the name refers to them.
+    FileWrite {
+        session: String,
+        path: String,
+        size: u64,
+        sha256: String,
+    },
+    /// A file was downloaded (`GET /v1/files/{path}`), after the fact: `sha256` of the bytes
+    /// sent, null when the client left before the end.
+    FileRead {
+        session: String,
+        path: String,
+        size: u64,
+        sha256: Option<String>,
+    },
+    /// An entry was removed (`DELETE /v1/files/{path}`): recorded before the removal.
+    FileDelete {
+        session: String,
+        path: String,
+        kind: String,
+    },
 }
 
 /// The chain fields every record has, whatever its type. Unknown fields are ignored so a

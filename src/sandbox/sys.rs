@@ -1149,3 +1149,69 @@ pub fn rename_noreplace(dir: BorrowedFd<'_>, old: &CStr, new: &CStr) -> SysResul
     })
     .map(|_| ())
 }
+
+/// `openat2(2)` that may create: like [`openat2`], with `mode` for `O_CREAT` (and `O_TMPFILE`).
+pub fn openat2_create(
+    dir: BorrowedFd<'_>,
+    path: &CStr,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+    resolve: u64,
+) -> SysResult<OwnedFd> {
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: mode as u64,
+        resolve,
+    };
+    let fd = retry(|| {
+        // SAFETY: as in `openat2`: a NUL-terminated path and a valid open_how of the size passed.
+        check(unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir.as_raw_fd(),
+                path.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        })
+    })?;
+    Ok(owned(fd as RawFd))
+}
+
+/// `mkdirat(2)`: `name` is one entry of `dir` (the caller resolved `dir` strictly).
+pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t) -> SysResult<()> {
+    // SAFETY: NUL-terminated name; dir is a live fd.
+    check_int(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(drop)
+}
+
+/// `unlinkat(2)`: removes the entry `name` of `dir` itself (a symlink is not followed);
+/// `flags` is 0 or `AT_REMOVEDIR`.
+pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> SysResult<()> {
+    // SAFETY: NUL-terminated name; dir is a live fd.
+    check_int(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
+}
+
+/// `renameat(2)` of one entry of `dir` onto another entry of the same `dir`.
+pub fn renameat(dir: BorrowedFd<'_>, from: &CStr, to: &CStr) -> SysResult<()> {
+    // SAFETY: NUL-terminated names; dir is a live fd, used for both.
+    check_int(unsafe {
+        libc::renameat(dir.as_raw_fd(), from.as_ptr(), dir.as_raw_fd(), to.as_ptr())
+    })
+    .map(drop)
+}
+
+/// `fstatat(2)` with `AT_SYMLINK_NOFOLLOW`: the entry `name` of `dir` itself.
+pub fn lstatat(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<libc::stat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: NUL-terminated name; st is valid for writing one `struct stat`.
+    check_int(unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    // SAFETY: fstatat succeeded, so it filled the whole struct.
+    Ok(unsafe { st.assume_init() })
+}

@@ -44,6 +44,10 @@ pub const ROUTES: &[(Socket, &str, &str)] = &[
     (Socket::Agent, "DELETE", "/v1/jobs/{id}"),
     (Socket::Agent, "GET", "/v1/jobs/{id}/output"),
     (Socket::Agent, "GET", "/v1/artifacts/{file_id}"),
+    (Socket::Agent, "GET", "/v1/files"),
+    (Socket::Agent, "PUT", "/v1/files/{path}"),
+    (Socket::Agent, "GET", "/v1/files/{path}"),
+    (Socket::Agent, "DELETE", "/v1/files/{path}"),
     (Socket::Operator, "GET", "/v1/sessions"),
     (Socket::Operator, "GET", "/v1/approvals"),
     (Socket::Operator, "POST", "/v1/approvals/{id}"),
@@ -188,8 +192,26 @@ async fn route(
     }
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    if socket == Socket::Agent
+        && let Some(rest) = path.strip_prefix(super::files::PREFIX)
+    {
+        let rest = rest.to_string();
+        return match method {
+            Method::PUT => super::files::put(srv, peer, req, &rest).await,
+            Method::GET => super::files::get(srv, peer, req, &rest).await,
+            Method::DELETE => super::files::delete(srv, peer, req, &rest).await,
+            _ => Err(ApiError {
+                allow: Some("GET, PUT, DELETE".into()),
+                ..method_not_allowed()
+            }),
+        };
+    }
     let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     match (socket, segs.as_slice()) {
+        (Socket::Agent, ["v1", "files"]) => match method {
+            Method::GET => super::files::list(srv, peer, req).await,
+            _ => Err(wrong_method(socket, &segs)),
+        },
         (Socket::Agent, ["v1", "sessions"]) => match method {
             Method::POST => sessions::create_session(srv, peer, req).await,
             _ => Err(wrong_method(socket, &segs)),

@@ -16,6 +16,7 @@ pub mod artifacts;
 pub mod auth;
 pub mod conns;
 pub mod exec;
+pub mod files;
 pub mod guard;
 pub mod inproc;
 mod jobs;
@@ -399,6 +400,7 @@ impl Server {
             expires_at: created_at + ttl.as_secs(),
             running: 0,
             keep_workspace,
+            workspace_read_only: false,
         };
         let expires_at = session.expires_at;
         self.state().sessions.insert(id.clone(), session);

@@ -140,6 +140,9 @@ fn event_kind(e: &Event) -> &'static str {
         Event::PairingRedeemed { .. } => "pairing_redeemed",
         Event::PairingFailed { .. } => "pairing_failed",
         Event::PairingRevoked { .. } => "pairing_revoked",
+        Event::FileWrite { .. } => "file_write",
+        Event::FileRead { .. } => "file_read",
+        Event::FileDelete { .. } => "file_delete",
     }
 }
 

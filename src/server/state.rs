@@ -31,6 +31,9 @@ pub struct Session {
     /// The workspace is an operator's directory (chosen at pairing): ending the session
     /// leaves it in place.
     pub keep_workspace: bool,
+    /// The workspace is its parent's, given read-only (`POST /v1/sessions` with
+    /// `"workspace": "parent_ro"`): jobs see it read-only and `/v1/files` refuses writes.
+    pub workspace_read_only: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -345,6 +348,7 @@ mod tests {
             expires_at: 0,
             running: 0,
             keep_workspace: false,
+            workspace_read_only: false,
         }
     }
 

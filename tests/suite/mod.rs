@@ -6,6 +6,7 @@ mod daemon;
 mod detach;
 mod doctor;
 mod faults;
+mod files;
 mod harness;
 mod load;
 mod pairing;
