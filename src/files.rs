@@ -56,6 +56,10 @@ pub enum FileError {
         "the profile protects {0} (sandbox.protected): it is read-only for the session; git settings go in the session's ~/.gitconfig"
     )]
     Protected(String),
+    #[error(
+        "{0} is part of a git directory, which the files API never writes (the host runs git here: docs/sessions.md); change it with git in a job, and put git settings in the session's ~/.gitconfig"
+    )]
+    GitDir(String),
     #[error("it changed while it was opened")]
     Changed,
     #[error("{op}: {errno}")]
@@ -75,7 +79,7 @@ impl FileError {
             FileError::NotEmpty => "not_empty",
             FileError::TooLarge { .. } => "too_large",
             FileError::Hidden(_) => "hidden",
-            FileError::Protected(_) => "protected",
+            FileError::Protected(_) | FileError::GitDir(_) => "protected",
             FileError::Changed => "changed",
             FileError::Io { .. } => "io",
         }
@@ -317,6 +321,32 @@ impl Workspace {
         }
     }
 
+    /// Refuses a write or removal in a git directory: at or beneath any `.git` entry (a
+    /// directory or a gitfile), and a code-bearing entry (`config`, `hooks/`…, the list of
+    /// `sandbox::protect::scan`) of a directory that has a `HEAD` (a bare-looking repository,
+    /// or one being made). Jobs may change these under `sandbox::protect`'s two layers, which
+    /// see every job's changes; an upload between jobs would be seen by neither.
+    fn check_git(&self, p: &RelPath) -> Result<(), FileError> {
+        use crate::sandbox::protect::scan::{CODE_DIRS, CODE_FILES};
+        for (i, comp) in p.parts.iter().enumerate() {
+            let shown = || p.parts[..=i].join("/");
+            if comp == ".git" {
+                return Err(FileError::GitDir(shown()));
+            }
+            if CODE_FILES.contains(&comp.as_str()) || CODE_DIRS.contains(&comp.as_str()) {
+                let head = match self.dir(&p.parts[..i], false) {
+                    Ok(d) => sys::lstatat(d.as_fd(), c"HEAD").is_ok(),
+                    Err(FileError::NotFound) => false,
+                    Err(e) => return Err(e),
+                };
+                if head {
+                    return Err(FileError::GitDir(shown()));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Opens a regular file with one link for reading; returns it and its size.
     pub fn open_read(&self, p: &RelPath) -> Result<(File, u64), FileError> {
         self.fences.check_read(p)?;
@@ -336,6 +366,7 @@ impl Workspace {
     /// Starts an upload to `p`: a new file next to it, renamed onto it by [`Upload::commit`].
     pub fn create(&self, p: &RelPath, mode: u32, max: u64) -> Result<Upload, FileError> {
         self.fences.check_write(p)?;
+        self.check_git(p)?;
         let (dirs, name) = Workspace::split(p)?;
         if name.starts_with(UPLOAD_PREFIX) {
             return Err(FileError::BadPath(format!(
@@ -394,6 +425,7 @@ impl Workspace {
     /// Checks that `p` may be removed and names what it is (`file`, `dir`…).
     pub fn check_remove(&self, p: &RelPath) -> Result<&'static str, FileError> {
         self.fences.check_write(p)?;
+        self.check_git(p)?;
         let (dirs, name) = Workspace::split(p)?;
         let dir = self.dir(dirs, false)?;
         let st = sys::lstatat(dir.as_fd(), &cstr(name)?).map_err(|e| FileError::io("stat", e))?;
@@ -683,6 +715,39 @@ mod tests {
     }
 
     #[test]
+    fn git_directories_are_never_written() {
+        let (d, w) = ws();
+        std::fs::create_dir_all(d.path().join("sub/.git")).unwrap();
+        std::fs::create_dir_all(d.path().join("bare.git/refs")).unwrap();
+        std::fs::write(d.path().join("bare.git/HEAD"), b"ref: refs/heads/main").unwrap();
+        for bad in [
+            ".git/config",
+            ".git/objects/x",
+            ".git",
+            "sub/.git/hooks/pre-commit",
+            "bare.git/config",
+            "bare.git/hooks/post-checkout",
+            "bare.git/info/attributes",
+        ] {
+            assert!(
+                matches!(
+                    put(&w, bad, b"x"),
+                    Err(FileError::GitDir(_) | FileError::Protected(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            w.remove(&p("sub/.git")),
+            Err(FileError::GitDir(_))
+        ));
+        // Beside them: a file named config where no repository is, and a work-tree file.
+        put(&w, "app/config", b"port = 1").unwrap();
+        put(&w, "sub/README", b"r").unwrap();
+        put(&w, "bare.git/description", b"d").unwrap();
+    }
+
+    #[test]
     fn hidden_and_protected_paths_are_fenced() {
         let (d, w) = ws();
         std::fs::write(d.path().join("secret.env"), b"k").unwrap();
@@ -708,9 +773,9 @@ mod tests {
             w.remove(&p(".git/config")),
             Err(FileError::Protected(_))
         ));
-        // Reading a protected file is fine; a sibling is writable.
+        // Reading a protected file is fine; a sibling outside the git directory is writable.
         assert!(w.open_read(&p(".git/config")).is_ok());
-        put(&w, ".git/description", b"d").unwrap();
+        put(&w, "description", b"d").unwrap();
         let (root, _) = w.list(&p(""), 100).unwrap();
         assert!(root.iter().all(|e| e.name != "secret.env"), "{root:?}");
         assert!(root.iter().any(|e| e.name == ".git"));

@@ -30,7 +30,8 @@ fn refused(e: FileError) -> ApiError {
         | FileError::HardLink
         | FileError::NotRegular
         | FileError::Hidden(_)
-        | FileError::Protected(_) => StatusCode::FORBIDDEN,
+        | FileError::Protected(_)
+        | FileError::GitDir(_) => StatusCode::FORBIDDEN,
         FileError::IsDirectory
         | FileError::NotDirectory
         | FileError::NotEmpty

@@ -360,10 +360,20 @@ fn protected_and_hidden_paths_are_fenced_like_in_the_sandbox() {
     );
     assert_eq!(get(&d, &s, ".git/config"), (200, b"[core]\n".to_vec()));
     assert_eq!(
-        put(&d, &s, ".git/description", b"d").0,
+        put(&d, &s, "description", b"d").0,
         201,
-        "sibling writable"
+        "outside the git dir"
     );
+    // Nothing in a git directory is written by the API, at any depth.
+    run(&d, &s, "mkdir -p sub/.git");
+    for path in [".git/description", "sub/.git/config", ".git"] {
+        let (status, v) = put(&d, &s, path, b"x");
+        assert_eq!(
+            (status, v["error"]["code"].as_str()),
+            (403, Some("protected")),
+            "{path}: {v}"
+        );
+    }
     let (status, body) = get(&d, &s, "secret.env");
     assert_eq!((status, code(&body)), (403, "hidden".into()));
     assert_eq!(put(&d, &s, "secret-dir/x", b"").0, 403);
