@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod doctor;
 pub mod files;
+pub mod net;
 pub mod policy;
 pub mod profile;
 pub mod sandbox;

@@ -77,6 +77,8 @@ pub struct SandboxProfile {
     /// Workspace-relative paths re-bound read-only when they exist: code the host runs later.
     pub protected: Vec<PathBuf>,
     pub network: NetworkMode,
+    /// `[network]`: what a `network = "allowlist"` job may reach (`Some` exactly then).
+    pub egress: Option<crate::net::allow::Egress>,
     /// Name of a compiled seccomp filter (`seccomp/<name>.json`).
     pub seccomp: String,
     /// Host environment variables passed through when set (besides PATH/HOME/LANG/TERM).
@@ -93,8 +95,11 @@ pub struct SandboxProfile {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NetworkMode {
-    /// A fresh network namespace with only `lo` up, and landlock refusing TCP bind/connect.
+    /// A fresh network namespace with only `lo` up: nothing outside the job is reachable.
     None,
+    /// The same namespace, plus the names of `[network] allow`, answered and relayed by the
+    /// supervisor (`docs/network.md`).
+    Allowlist,
 }
 
 /// A sandbox layer that may be skipped when the kernel or host cannot provide it.
@@ -177,6 +182,7 @@ struct RawProfile {
     artifacts: Option<RawArtifacts>,
     #[serde(default)]
     output: RawOutput,
+    network: Option<crate::net::allow::RawNetwork>,
     #[serde(default)]
     rule: Vec<RawRule>,
 }
@@ -415,7 +421,29 @@ impl Profile {
                 ),
             ));
         }
+        let egress = match (s.network, raw.network) {
+            (NetworkMode::None, None) => None,
+            (NetworkMode::None, Some(_)) => {
+                return Err(invalid(
+                    "network",
+                    "is set but sandbox.network is \"none\", so it would have no effect".into(),
+                    "set sandbox.network = \"allowlist\", or remove the [network] table",
+                ));
+            }
+            (NetworkMode::Allowlist, None) => {
+                return Err(invalid(
+                    "sandbox.network",
+                    "is \"allowlist\" but there is no [network] table".into(),
+                    "add [network] allow = [\"pypi.org\", …] with the hosts the jobs need",
+                ));
+            }
+            (NetworkMode::Allowlist, Some(n)) => Some(
+                crate::net::allow::Egress::from_raw(n)
+                    .map_err(|e| invalid(e.key, e.message, e.fix))?,
+            ),
+        };
         let sandbox = SandboxProfile {
+            egress,
             read_only: absolute("sandbox.read_only", s.read_only)?,
             read_write: absolute("sandbox.read_write", s.read_write)?,
             hidden: relative("sandbox.hidden", s.hidden)?,
@@ -652,6 +680,34 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_online_profile_loads_with_its_registries() {
+        let p = Profile::parse(
+            include_str!("../policies/online.toml"),
+            "policies/online.toml",
+        )
+        .unwrap();
+        let e = p.sandbox.egress.unwrap();
+        assert!(e.rule_for("files.pythonhosted.org", 443).is_some());
+        assert!(e.rule_for("github.com", 22).is_some());
+        assert!(e.rule_for("evil.example", 443).is_none());
+    }
+
+    #[test]
+    fn an_allowlist_is_parsed_with_its_hosts() {
+        let text = format!(
+            "{MINIMAL}[sandbox]\nnetwork = \"allowlist\"\n[network]\nallow = [\"pypi.org\", \"*.crates.io\", \"github.com:22\"]\nhosts = {{ \"pypi.org\" = \"10.1.2.3\" }}\nidle_timeout = \"1m\"\n"
+        );
+        let p = Profile::parse(&text, "t.toml").unwrap();
+        assert_eq!(p.sandbox.network, NetworkMode::Allowlist);
+        let e = p.sandbox.egress.unwrap();
+        assert!(e.rule_for("static.crates.io", 443).is_some());
+        assert_eq!(e.idle_timeout, Duration::from_secs(60));
+        let bad = format!("{MINIMAL}[network]\nallow = [\"a.org\"]\nextra = 1\n");
+        let err = Profile::parse(&bad, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("extra"), "{err}");
+    }
+
+    #[test]
     fn artifacts_and_output_guard_are_parsed_with_defaults() {
         let p = Profile::parse(MINIMAL, "t.toml").unwrap();
         assert!(p.artifacts.is_none());
@@ -701,6 +757,16 @@ mod tests {
                 "output.max_bytes",
             ),
             ("[output]\nmax_bytes = 0\n", "limits.output"),
+            ("[network]\nallow = [\"pypi.org\"]\n", "network"),
+            ("[sandbox]\nnetwork = \"allowlist\"\n", "sandbox.network"),
+            (
+                "[sandbox]\nnetwork = \"allowlist\"\n[network]\nallow = [\"10.0.0.1\"]\n",
+                "network.allow",
+            ),
+            (
+                "[sandbox]\nnetwork = \"allowlist\"\n[network]\nallow = [\"a.org\"]\nhosts = { \"b.org\" = \"10.0.0.1\" }\n",
+                "network.hosts",
+            ),
         ] {
             let text = format!("{MINIMAL}{body}");
             let e = Profile::parse(&text, "p.toml").unwrap_err().to_string();

@@ -284,7 +284,7 @@ pub fn run(args: RunArgs) -> ExitCode {
     match sandbox::run(spec, &mut sink, cancel) {
         Ok(outcome) => {
             if json {
-                let v = serde_json::json!({
+                let mut v = serde_json::json!({
                     "exit_code": outcome.exit_code,
                     "ending": outcome.ending,
                     "reason": outcome.reason,
@@ -300,6 +300,9 @@ pub fn run(args: RunArgs) -> ExitCode {
                     "protection": outcome.protection,
                     "policy": {"profile": profile.name, "verdict": decision.verdict, "rule": decision.rule},
                 });
+                if let Some(net) = &outcome.network {
+                    v["network"] = serde_json::json!(net);
+                }
                 eprintln!("{v}");
             } else {
                 if !outcome.degraded.is_empty() {

@@ -167,6 +167,7 @@ fn mounts(plan: &mut Plan, received: Option<RawFd>) {
                 target,
                 libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NOEXEC,
             ),
+            MountOp::WriteFile { path, content } => sys::write_new_file(path, content.as_bytes()),
             MountOp::RemountReadOnly { target } => sys::mount(
                 None,
                 target,
@@ -206,6 +207,26 @@ fn landlock(plan: &Plan) {
     }
     sys::landlock_restrict_self(ruleset).or_fail(Step::LandlockRestrict, 0);
     sys::close(ruleset);
+}
+
+/// `network = "allowlist"`: creates the capture sockets in this (the job's) network namespace
+/// and hands them to the supervisor, in plan order, at most a message's worth at a time; keeps
+/// no copy. Done while pid 1 still holds its capabilities in its own namespace (ports < 1024).
+fn capture_sockets(plan: &Plan) {
+    let mut batch = [-1 as RawFd; sys::MAX_FDS_PER_MESSAGE];
+    let mut filled = 0;
+    let total = plan.capture.len();
+    for (i, s) in plan.capture.iter().enumerate() {
+        batch[filled] = sys::capture_socket(s.tcp, s.addr, s.port).or_fail(Step::CaptureSockets, i);
+        filled += 1;
+        if filled == batch.len() || i + 1 == total {
+            sys::send_fds(CHILD_SYNC_FD, b'N', &batch[..filled]).or_fail(Step::CaptureSockets, i);
+            for fd in &batch[..filled] {
+                sys::close(*fd);
+            }
+            filled = 0;
+        }
+    }
 }
 
 fn drop_privileges(plan: &Plan) {
@@ -276,6 +297,7 @@ pub fn init_main(plan: &mut Plan) -> ! {
     if plan.loopback_up {
         sys::loopback_up().or_fail(Step::LoopbackUp, 0);
     }
+    capture_sockets(plan);
     sys::chdir(&plan.cwd).or_fail(Step::Chdir, 0);
     sys::setrlimit(libc::RLIMIT_CORE, 0).or_fail(Step::Rlimit, 0);
     sys::setrlimit(libc::RLIMIT_NOFILE, plan.nofile).or_fail(Step::Rlimit, 1);

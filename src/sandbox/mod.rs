@@ -110,6 +110,9 @@ pub struct Outcome {
     pub cgroup_version: Option<u8>,
     /// What the host-side protection guarded and found after the job (`protect`).
     pub protection: protect::ProtectionReport,
+    /// DNS answers and connections of a `network = "allowlist"` job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::net::NetReport>,
 }
 
 /// Why a job could not start. Nothing ran, and nothing was left behind.

@@ -74,6 +74,11 @@ pub enum MountOp {
     RemountReadOnly {
         target: CString,
     },
+    /// After pivot: create a small file in the tmpfs root (`/etc/resolv.conf`).
+    WriteFile {
+        path: CString,
+        content: &'static str,
+    },
 }
 
 impl MountOp {
@@ -108,6 +113,7 @@ impl MountOp {
             }
             MountOp::HideFile { display, .. } => format!("hide {}", display.display()),
             MountOp::RemountReadOnly { target } => format!("remount {} read-only", s(target)),
+            MountOp::WriteFile { path, .. } => format!("write {}", s(path)),
         }
     }
 }
@@ -142,6 +148,9 @@ pub struct Plan {
     /// Bring `lo` up inside (false when the network namespace came up-ready from
     /// [`super::warm`]; the sandbox could not configure that one anyway).
     pub loopback_up: bool,
+    /// Sockets pid 1 creates in the job's network namespace and hands to the supervisor over
+    /// the sync socket (`network = "allowlist"`; empty otherwise).
+    pub capture: Vec<crate::net::CaptureSocket>,
     pub cwd: CString,
     pub nofile: u64,
     pub landlock: Option<LandlockPlan>,

@@ -131,6 +131,9 @@ fn host_kind(p: &Path) -> Option<HostKind> {
     }
 }
 
+/// Where the job's resolver configuration lives.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+
 /// Device nodes bound into the minimal `/dev`.
 const DEV_NODES: &[&str] = &["null", "zero", "full", "random", "urandom"];
 
@@ -158,6 +161,10 @@ pub fn build(
     // System paths, read-only, at the same place. Symlinks (usrmerge) are recreated as links.
     let mut symlinks = Vec::new();
     for p in &spec.sandbox.read_only {
+        // The supervisor's resolver replaces the host's in allowlist mode.
+        if spec.sandbox.egress.is_some() && p == Path::new(RESOLV_CONF) {
+            continue;
+        }
         match host_kind(p) {
             None => continue,
             Some(HostKind::Symlink(target)) => symlinks.push((p.clone(), target)),
@@ -378,6 +385,21 @@ pub fn build(
             },
         });
     }
+    // `network = "allowlist"`: the job's resolver is the supervisor (`crate::net`).
+    let capture = match &spec.sandbox.egress {
+        Some(egress) => {
+            mounts.push(MountOp::Mkdir {
+                path: c(Path::new("/etc"))?,
+            });
+            mounts.push(MountOp::WriteFile {
+                path: c(Path::new(RESOLV_CONF))?,
+                content: crate::net::RESOLV_CONF,
+            });
+            ll_rules.push((PathBuf::from(RESOLV_CONF), Access::READ_FILE_ONLY));
+            crate::net::capture_sockets(egress)
+        }
+        None => Vec::new(),
+    };
     mounts.push(MountOp::RemountReadOnly {
         target: c(Path::new("/"))?,
     });
@@ -448,6 +470,7 @@ pub fn build(
         slots: vec![-1; slots],
         hostname: b"execbox",
         loopback_up: true,
+        capture,
         cwd: c(&cwd)?,
         nofile: spec.limits.nofile,
         landlock,

@@ -34,10 +34,12 @@ pub enum Step {
     Setsid,
     CloseFds,
     Exec,
+    /// Index into the plan's capture sockets (`network = "allowlist"`).
+    CaptureSockets,
 }
 
 impl Step {
-    const ALL: [Step; 26] = [
+    const ALL: [Step; 27] = [
         Step::ArrangeFds,
         Step::SetGid,
         Step::SetUid,
@@ -64,6 +66,7 @@ impl Step {
         Step::Setsid,
         Step::CloseFds,
         Step::Exec,
+        Step::CaptureSockets,
     ];
 
     pub fn from_wire(v: u32) -> Option<Step> {
@@ -99,6 +102,7 @@ impl Step {
             Step::Setsid => "setsid",
             Step::CloseFds => "close-fds",
             Step::Exec => "exec",
+            Step::CaptureSockets => "network-capture-sockets",
         }
     }
 }

@@ -257,6 +257,8 @@ struct Relay {
     killed: bool,
     stdout: StreamState,
     stderr: StreamState,
+    /// What the network supervisor saw (`network = "allowlist"`).
+    network: Option<crate::net::NetReport>,
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), SetupError> {
@@ -299,6 +301,9 @@ fn launch(
     // instead of creating one (the caller — a per-job supervisor — has no other use for its
     // own). If entering fails, the child gets a fresh one as usual.
     let mut namespaces = NAMESPACES;
+    // An allowlist job's pid 1 creates the capture sockets, which needs a namespace owned by
+    // its own user namespace (ports < 1024): a prepared one is not used.
+    let netns = netns.filter(|_| plan.capture.is_empty());
     if let Some(ns) = netns {
         match sys::setns(ns.as_fd(), libc::CLONE_NEWNET) {
             Ok(()) => {
@@ -334,6 +339,13 @@ fn launch(
 
     let deadline = started + spec.limits.wall_time;
     phase(started, "released (id maps written, cgroup joined)");
+    let net = match start_network(spec, plan, &child, &sync_parent, deadline) {
+        Ok(net) => net,
+        Err(e) => {
+            kill_and_reap(&child);
+            return Err(e);
+        }
+    };
     let relay = supervise(
         &child,
         out_r,
@@ -345,8 +357,13 @@ fn launch(
         spec.limits.output_bytes,
         cgroup,
     );
+    // The job's pid 1 is gone (or being killed): its network goes with it.
+    let network = net.map(crate::net::Running::stop);
     match relay {
-        Ok(Supervised::Ran(r)) => Ok(r),
+        Ok(Supervised::Ran(mut r)) => {
+            r.network = network;
+            Ok(r)
+        }
         Ok(Supervised::SetupFailed { step, index, errno }) => {
             Err(setup_failure(plan, spec, step, index, errno))
         }
@@ -355,6 +372,64 @@ fn launch(
             Err(e)
         }
     }
+}
+
+/// `network = "allowlist"`: receives the capture sockets from the job's pid 1 and starts the
+/// network supervisor on them. `None` when the job has no allowlist, or when pid 1 failed
+/// before sending them (its failure record then says why).
+fn start_network(
+    spec: &JobSpec,
+    plan: &Plan,
+    child: &sys::Child,
+    sync: &UnixStream,
+    deadline: Instant,
+) -> Result<Option<crate::net::Running>, SetupError> {
+    let Some(egress) = spec.sandbox.egress.as_ref() else {
+        return Ok(None);
+    };
+    let want = plan.capture.len();
+    let mut fds = Vec::with_capacity(want);
+    while fds.len() < want {
+        let mut pfd = [
+            libc::pollfd {
+                fd: sync.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: child.pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            .min(i32::MAX as u128) as i32;
+        let ready = sys::poll(&mut pfd, left)
+            .map_err(|e| step_error("network-capture-sockets", " (poll)".into(), e))?;
+        if ready == 0 {
+            return Err(step_error(
+                "network-capture-sockets",
+                " (the sandbox did not hand them over before the wall-clock limit)".into(),
+                Errno(libc::ETIMEDOUT),
+            ));
+        }
+        if pfd[0].revents == 0 {
+            // pid 1 ended without sending them: supervise() reads its failure record.
+            return Ok(None);
+        }
+        let mut byte = [0u8; 1];
+        let n = sys::recv_with_fds(sync.as_fd(), &mut byte, &mut fds)
+            .map_err(|e| step_error("network-capture-sockets", " (recvmsg)".into(), e))?;
+        if n == 0 {
+            return Ok(None);
+        }
+    }
+    let sockets = plan.capture.iter().copied().zip(fds).collect();
+    crate::net::start(egress.clone(), sockets)
+        .map(Some)
+        .map_err(io("start the network supervisor"))
 }
 
 fn step_error(step: &'static str, detail: String, e: Errno) -> SetupError {
@@ -700,6 +775,7 @@ fn supervise(
         killed: cancels > 1,
         stdout: out,
         stderr: err,
+        network: None,
     }))
 }
 
@@ -799,6 +875,7 @@ fn finish(
         degraded,
         cgroup_version,
         protection: Default::default(),
+        network: r.network,
     }
 }
 

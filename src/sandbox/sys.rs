@@ -854,6 +854,82 @@ pub fn loopback_up() -> SysResult<()> {
     set.map(drop)
 }
 
+/// A socket for the network supervisor (child side, no allocation): a TCP listener or a bound
+/// UDP socket on `addr:port` (IPv4), close-on-exec, with `SO_REUSEADDR`.
+pub fn capture_socket(tcp: bool, addr: [u8; 4], port: u16) -> SysResult<RawFd> {
+    let ty = if tcp {
+        libc::SOCK_STREAM
+    } else {
+        libc::SOCK_DGRAM
+    };
+    // SAFETY: plain syscall.
+    let fd = check_int(unsafe { libc::socket(libc::AF_INET, ty | libc::SOCK_CLOEXEC, 0) })?;
+    let one: libc::c_int = 1;
+    let sa = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(addr),
+        },
+        sin_zero: [0; 8],
+    };
+    let r = check_int(
+        // SAFETY: `one` is a valid c_int of the size passed.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                (&one as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        },
+    )
+    .and_then(|_| {
+        // SAFETY: `sa` is a valid sockaddr_in of the size passed.
+        check_int(unsafe {
+            libc::bind(
+                fd,
+                (&sa as *const libc::sockaddr_in).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        })
+    })
+    .and_then(|_| {
+        if tcp {
+            // SAFETY: plain syscall on our socket.
+            check_int(unsafe { libc::listen(fd, 128) })
+        } else {
+            Ok(0)
+        }
+    });
+    match r {
+        Ok(_) => Ok(fd),
+        Err(e) => {
+            close(fd);
+            Err(e)
+        }
+    }
+}
+
+/// Sends one byte with `fds` attached (child side, no allocation; at most
+/// [`MAX_FDS_PER_MESSAGE`]).
+pub fn send_fds(sock: RawFd, byte: u8, fds: &[RawFd]) -> SysResult<()> {
+    sendmsg_fds(sock, &[byte], fds).map(drop)
+}
+
+/// Creates `path` (mode 0644, failing if it exists) holding `content` (child side).
+pub fn write_new_file(path: &CStr, content: &[u8]) -> SysResult<()> {
+    let fd = open(
+        path,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+        0o644,
+    )?;
+    let r = write_all(fd, content);
+    close(fd);
+    r
+}
+
 // ---------------------------------------------------------------------------------------------
 // Landlock
 // ---------------------------------------------------------------------------------------------

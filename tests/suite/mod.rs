@@ -9,6 +9,7 @@ mod faults;
 mod files;
 mod harness;
 mod load;
+mod network;
 mod pairing;
 mod policy;
 mod prewarm;
