@@ -60,12 +60,19 @@ pub struct FilesConfig {
     pub max_list_entries: usize,
 }
 
-/// `[sessions]`: how root sessions come to be.
-#[derive(Debug, Clone, Default)]
+/// `[sessions]`: how root sessions come to be, and how many one agent may hold.
+#[derive(Debug, Clone)]
 pub struct SessionsConfig {
     /// A root session only from an operator's pairing code (`docs/pairing.md`); child
     /// sessions still come from their parent's token.
     pub require_pairing: bool,
+    /// Live sessions of one peer uid, roots and children together (≤ `limits.max_sessions`).
+    pub max_per_uid: usize,
+    /// Live sessions of one lineage: a root session and all its descendants
+    /// (≤ `max_per_uid`).
+    pub max_per_lineage: usize,
+    /// Artifact ids one session holds at once in the daemon's registry.
+    pub max_artifacts: usize,
 }
 
 /// `[pairing]`: the limits on redeeming pairing codes (`docs/pairing.md`).
@@ -226,6 +233,9 @@ struct RawFiles {
 struct RawSessions {
     #[serde(default)]
     require_pairing: bool,
+    max_per_uid: Option<usize>,
+    max_per_lineage: Option<usize>,
+    max_artifacts: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -618,6 +628,44 @@ impl RawConfig {
                 ));
             }
         }
+        // One agent must not take every session slot: a uid gets a share of max_sessions, a
+        // lineage (a root and its descendants) a share of its uid's.
+        let max_per_uid = positive(
+            "sessions.max_per_uid",
+            self.sessions
+                .max_per_uid
+                .unwrap_or((limits.max_sessions / 4).max(1)),
+        )?;
+        if max_per_uid > limits.max_sessions {
+            return Err(invalid(
+                "sessions.max_per_uid",
+                format!(
+                    "{max_per_uid} is more than limits.max_sessions ({})",
+                    limits.max_sessions
+                ),
+                "use at most limits.max_sessions, and less when several uids are allowed, so one uid cannot take every session",
+            ));
+        }
+        let max_per_lineage = positive(
+            "sessions.max_per_lineage",
+            self.sessions.max_per_lineage.unwrap_or(max_per_uid.min(64)),
+        )?;
+        if max_per_lineage > max_per_uid {
+            return Err(invalid(
+                "sessions.max_per_lineage",
+                format!("{max_per_lineage} is more than sessions.max_per_uid ({max_per_uid})"),
+                "use at most sessions.max_per_uid",
+            ));
+        }
+        let sessions = SessionsConfig {
+            require_pairing: self.sessions.require_pairing,
+            max_per_uid,
+            max_per_lineage,
+            max_artifacts: positive(
+                "sessions.max_artifacts",
+                self.sessions.max_artifacts.unwrap_or(1024),
+            )?,
+        };
         let approvals = ApprovalsConfig {
             expiry: dur(
                 "approvals.expiry",
@@ -791,9 +839,7 @@ impl RawConfig {
             limits,
             detach,
             log_json: self.log.json,
-            sessions: SessionsConfig {
-                require_pairing: self.sessions.require_pairing,
-            },
+            sessions,
             pairing,
             files,
         })

@@ -139,7 +139,7 @@ fn hash_one(
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 64 << 10];
     let mut left = identity.size;
-    let mut r = file.take(identity.size + 1);
+    let mut r = (&file).take(identity.size + 1);
     loop {
         let n = r.read(&mut buf).map_err(|_| Refusal::Unreadable)?;
         if n == 0 {
@@ -154,7 +154,66 @@ fn hash_one(
     if left != 0 {
         return Err(Refusal::Changed);
     }
+    // Written to while it was read (a job of the session still running): the hash may mix
+    // two versions, so the file is not registered.
+    let after = crate::sandbox::sys::fstat(file.as_fd()).map_err(|_| Refusal::Unreadable)?;
+    if open::Identity::of(&after) != identity {
+        return Err(Refusal::Changed);
+    }
     Ok((identity, hex(&h.finalize())))
+}
+
+/// Why [`serve_verified`] stopped before the last chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ServeError {
+    #[error("the bytes read differ from the registered size or SHA-256")]
+    Mismatch,
+    #[error("the file could not be read")]
+    Unreadable,
+    #[error("the client went away")]
+    Gone,
+}
+
+/// Streams exactly `size` bytes of `file` to `send` while hashing them, and holds the last
+/// chunk back until the bytes read match `sha256` (hex): a file changed after registration
+/// (or while being served) never reaches the client whole, so the `x-execbox-sha256` header
+/// cannot vouch for other bytes; the client sees a response shorter than its Content-Length.
+/// `send` returns false when the client is gone. Blocking.
+pub fn serve_verified(
+    file: std::fs::File,
+    size: u64,
+    sha256: &str,
+    mut send: impl FnMut(Vec<u8>) -> bool,
+) -> Result<(), ServeError> {
+    let mut h = Sha256::new();
+    let mut r = file.take(size + 1);
+    let mut read = 0u64;
+    let mut held: Option<Vec<u8>> = None;
+    loop {
+        let mut buf = vec![0u8; 256 << 10];
+        let n = r.read(&mut buf).map_err(|_| ServeError::Unreadable)?;
+        if n == 0 {
+            break;
+        }
+        buf.truncate(n);
+        read += n as u64;
+        if read > size {
+            return Err(ServeError::Mismatch);
+        }
+        h.update(&buf);
+        if let Some(prev) = held.replace(buf)
+            && !send(prev)
+        {
+            return Err(ServeError::Gone);
+        }
+    }
+    if read != size || hex(&h.finalize()) != sha256 {
+        return Err(ServeError::Mismatch);
+    }
+    match held.map(send) {
+        Some(false) => Err(ServeError::Gone),
+        _ => Ok(()),
+    }
 }
 
 fn hex(b: &[u8]) -> String {
@@ -177,9 +236,18 @@ pub struct Entry {
 }
 
 /// Opaque id → registered artifact, with expiry. Lives in the daemon's state (one lock).
+///
+/// A file a later job of the same session lists again unchanged (same name, identity and
+/// hash) keeps its id, and its expiry is renewed: re-listing does not grow the registry. A
+/// name registered again with other content replaces its old entry (whose file can never be
+/// served again). Each session holds at most its quota of ids (`sessions.max_artifacts`).
 #[derive(Debug, Default)]
 pub struct Registry {
     entries: HashMap<String, Entry>,
+    /// (session, name) → id.
+    by_name: HashMap<(String, Vec<u8>), String>,
+    /// Ids held per session.
+    per_session: HashMap<String, usize>,
 }
 
 /// 144 bits from the OS RNG, URL-safe.
@@ -191,7 +259,9 @@ fn new_file_id() -> Result<String, getrandom::Error> {
 
 impl Registry {
     /// Gives each found file an id owned by `session`, valid for `ttl` from `now`. Files beyond
-    /// [`MAX_REGISTERED`] (or if the RNG fails) are moved to the skipped list.
+    /// the session's `quota` (`session_quota`), [`MAX_REGISTERED`] (`registry_full`) or for
+    /// which the RNG fails are moved to the skipped list.
+    #[allow(clippy::too_many_arguments)]
     pub fn register(
         &mut self,
         session: &str,
@@ -200,18 +270,51 @@ impl Registry {
         cfg: &ArtifactsProfile,
         collected: &mut Collected,
         now: Instant,
+        quota: usize,
     ) -> Vec<Listed> {
         let expires = now + cfg.ttl;
         let mut listed = Vec::new();
         for f in std::mem::take(&mut collected.found) {
-            let id = match new_file_id() {
-                Ok(id) if self.entries.len() < MAX_REGISTERED => id,
-                _ => {
+            let key = (session.to_string(), f.name.clone());
+            // The same file listed again: same id, renewed.
+            if let Some(id) = self.by_name.get(&key)
+                && let Some(e) = self.entries.get_mut(id)
+                && e.identity == f.identity
+                && e.sha256 == f.sha256
+                && e.workspace == workspace
+                && e.dir == cfg.dir
+            {
+                e.expires = e.expires.max(expires);
+                listed.push(Listed {
+                    file_id: id.clone(),
+                    name: String::from_utf8_lossy(&f.name).into_owned(),
+                    size: e.size,
+                    sha256: e.sha256.clone(),
+                });
+                continue;
+            }
+            // The name now holds other content: its old id can never be served again.
+            if let Some(old) = self.by_name.remove(&key) {
+                self.drop_entry(&old);
+            }
+            let held = self.per_session.get(session).copied().unwrap_or(0);
+            let refused = if held >= quota {
+                Some("session_quota")
+            } else if self.entries.len() >= MAX_REGISTERED {
+                Some("registry_full")
+            } else {
+                None
+            };
+            let id = match (refused, new_file_id()) {
+                (None, Ok(id)) => id,
+                (why, _) => {
                     collected.skipped_total += 1;
-                    collected.skipped.push(Skipped {
-                        name: String::from_utf8_lossy(&f.name).into_owned(),
-                        reason: "registry_full",
-                    });
+                    if collected.skipped.len() < MAX_SKIPPED_LISTED {
+                        collected.skipped.push(Skipped {
+                            name: String::from_utf8_lossy(&f.name).into_owned(),
+                            reason: why.unwrap_or("registry_full"),
+                        });
+                    }
                     continue;
                 }
             };
@@ -221,6 +324,8 @@ impl Registry {
                 size: f.identity.size,
                 sha256: f.sha256.clone(),
             });
+            *self.per_session.entry(session.to_string()).or_default() += 1;
+            self.by_name.insert(key, id.clone());
             self.entries.insert(
                 id,
                 Entry {
@@ -239,10 +344,38 @@ impl Registry {
         listed
     }
 
+    fn drop_entry(&mut self, id: &str) {
+        let Some(e) = self.entries.remove(id) else {
+            return;
+        };
+        let key = (e.session, e.name);
+        if self.by_name.get(&key).is_some_and(|i| i == id) {
+            self.by_name.remove(&key);
+        }
+        if let Some(n) = self.per_session.get_mut(&key.0) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_session.remove(&key.0);
+            }
+        }
+    }
+
     /// Drops expired ids and those whose session is gone (`live` says which sessions exist).
     pub fn purge(&mut self, now: Instant, live: impl Fn(&str) -> bool) {
-        self.entries
-            .retain(|_, e| e.expires > now && live(&e.session));
+        let gone: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.expires <= now || !live(&e.session))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            self.drop_entry(&id);
+        }
+    }
+
+    /// Ids `session` holds now.
+    pub fn held_by(&self, session: &str) -> usize {
+        self.per_session.get(session).copied().unwrap_or(0)
     }
 
     /// The entry for `id` if it has not expired.
@@ -337,7 +470,7 @@ mod tests {
         let mut c = collect(ws.path(), &cfg());
         let mut r = Registry::default();
         let now = Instant::now();
-        let l = r.register("s_1", "j_1", ws.path(), &cfg(), &mut c, now);
+        let l = r.register("s_1", "j_1", ws.path(), &cfg(), &mut c, now, 8);
         assert_eq!(l.len(), 1);
         assert_eq!(
             l[0].sha256,
@@ -363,7 +496,7 @@ mod tests {
         let mut c = collect(ws.path(), &cfg());
         let mut r = Registry::default();
         let now = Instant::now();
-        let id = r.register("s", "j", ws.path(), &cfg(), &mut c, now)[0]
+        let id = r.register("s", "j", ws.path(), &cfg(), &mut c, now, 8)[0]
             .file_id
             .clone();
         let e = r.get(&id, now).unwrap().clone();
@@ -380,5 +513,170 @@ mod tests {
             open_registered(&e).unwrap_err(),
             FetchError::Changed(Refusal::Changed)
         );
+    }
+
+    /// Issue 15 item 13: rewritten in place with the same size and its mtime put back, the
+    /// file kept its inode, size and mtime; it was served under the old `x-execbox-sha256`.
+    #[test]
+    fn a_same_size_rewrite_with_its_mtime_restored_is_not_served() {
+        let ws = tempfile::tempdir().unwrap();
+        let out = ws.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        std::fs::write(out.join("a"), b"abc").unwrap();
+        std::fs::write(out.join("b"), b"def").unwrap();
+        let mtime = std::fs::metadata(out.join("a"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        let mut c = collect(ws.path(), &cfg());
+        let mut r = Registry::default();
+        let now = Instant::now();
+        let l = r.register("s", "j", ws.path(), &cfg(), &mut c, now, 8);
+        let entry = |name: &str| {
+            let id = &l.iter().find(|x| x.name == name).unwrap().file_id;
+            r.get(id, now).unwrap().clone()
+        };
+        let (a, b) = (entry("a"), entry("b"));
+        // A later ctime needs a later clock tick than the registration's.
+        std::thread::sleep(Duration::from_millis(20));
+        {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(out.join("a"))
+                .unwrap();
+            f.write_all(b"xyz").unwrap();
+            f.set_modified(mtime).unwrap();
+        }
+        let st = std::fs::metadata(out.join("a")).unwrap();
+        assert_eq!(
+            (st.len(), st.modified().unwrap()),
+            (3, mtime),
+            "the attack's premise"
+        );
+        assert_eq!(
+            open_registered(&a).unwrap_err(),
+            FetchError::Changed(Refusal::Changed)
+        );
+        // Positive control: the untouched file is served, every byte verified.
+        let mut got = Vec::new();
+        let f = open_registered(&b).unwrap();
+        serve_verified(f, b.size, &b.sha256, |c| {
+            got.extend(c);
+            true
+        })
+        .unwrap();
+        assert_eq!(got, b"def");
+    }
+
+    /// The check at open is not the last word: bytes that change after it (a job still
+    /// writing) are hashed while served, and the last chunk is held back unless they match.
+    #[test]
+    fn bytes_changed_after_the_open_never_reach_the_client_whole() {
+        let ws = tempfile::tempdir().unwrap();
+        let out = ws.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let big = cfg_big();
+        let data = vec![7u8; 600 << 10];
+        std::fs::write(out.join("a"), &data).unwrap();
+        let mut c = collect(ws.path(), &big);
+        let mut r = Registry::default();
+        let now = Instant::now();
+        let id = r.register("s", "j", ws.path(), &big, &mut c, now, 8)[0]
+            .file_id
+            .clone();
+        let e = r.get(&id, now).unwrap().clone();
+        let serve = || {
+            let f = open_registered(&e).unwrap();
+            let mut got = Vec::new();
+            let res = serve_verified(f, e.size, &e.sha256, |c| {
+                got.extend(c);
+                true
+            });
+            (res, got)
+        };
+        let (res, got) = serve();
+        assert_eq!((res, got.len()), (Ok(()), data.len()), "positive control");
+        // Opened (and checked) first, then rewritten in place before the bytes are read.
+        let f = open_registered(&e).unwrap();
+        {
+            use std::io::{Seek, Write};
+            let mut w = std::fs::OpenOptions::new()
+                .write(true)
+                .open(out.join("a"))
+                .unwrap();
+            w.seek(std::io::SeekFrom::Start(500 << 10)).unwrap();
+            w.write_all(b"evil").unwrap();
+        }
+        let mut got = Vec::new();
+        let res = serve_verified(f, e.size, &e.sha256, |c| {
+            got.extend(c);
+            true
+        });
+        assert_eq!(res, Err(ServeError::Mismatch));
+        assert!(
+            got.len() < data.len(),
+            "{} bytes reached the client",
+            got.len()
+        );
+    }
+
+    fn cfg_big() -> ArtifactsProfile {
+        ArtifactsProfile {
+            max_file_bytes: 1 << 20,
+            max_total_bytes: 2 << 20,
+            ..cfg()
+        }
+    }
+
+    /// Issue 15 item 18: every job re-registered every artifact under a new id, with no
+    /// per-session bound on the shared registry.
+    #[test]
+    fn relisted_files_keep_their_ids_and_a_session_holds_at_most_its_quota() {
+        let ws = tempfile::tempdir().unwrap();
+        let out = ws.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        std::fs::write(out.join("a"), b"1").unwrap();
+        let mut r = Registry::default();
+        let now = Instant::now();
+        let reg = |r: &mut Registry, session: &str, quota: usize| {
+            let mut c = collect(ws.path(), &cfg());
+            let l = r.register(session, "j", ws.path(), &cfg(), &mut c, now, quota);
+            (l, c.skipped)
+        };
+        let (first, _) = reg(&mut r, "s", 2);
+        for _ in 0..5 {
+            let (again, skipped) = reg(&mut r, "s", 2);
+            assert_eq!(again, first, "an unchanged file keeps its id");
+            assert!(skipped.is_empty());
+        }
+        assert_eq!((r.len(), r.held_by("s")), (1, 1));
+        // New names fill the quota; the next is skipped, and another session is unaffected.
+        std::fs::write(out.join("b"), b"2").unwrap();
+        std::fs::write(out.join("c"), b"3").unwrap();
+        let _ = std::fs::remove_file(out.join("a"));
+        let (l, skipped) = reg(&mut r, "s", 2);
+        let names: Vec<_> = l.iter().map(|x| x.name.as_str()).collect();
+        assert_eq!(names, ["b"]);
+        assert_eq!(
+            skipped
+                .iter()
+                .map(|x| (x.name.as_str(), x.reason))
+                .collect::<Vec<_>>(),
+            [("c", "session_quota")]
+        );
+        assert_eq!(r.held_by("s"), 2);
+        let (other, skipped) = reg(&mut r, "t", 2);
+        assert_eq!((other.len(), skipped.len()), (2, 0), "positive control");
+        // A name rewritten with other content replaces its entry (the old id is gone).
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(out.join("b"), b"22").unwrap();
+        let (l2, _) = reg(&mut r, "s", 2);
+        let b2 = l2.iter().find(|x| x.name == "b").unwrap();
+        assert_ne!(b2.file_id, l[0].file_id);
+        assert!(r.get(&l[0].file_id, now).is_none());
+        assert_eq!(r.held_by("s"), 2);
+        r.purge(now, |s| s != "s");
+        assert_eq!((r.held_by("s"), r.held_by("t")), (0, 2));
     }
 }

@@ -69,21 +69,28 @@ impl Refusal {
 }
 
 /// What identifies a file's content at registration: a swapped or rewritten file differs.
+///
+/// `ctime` is what catches a rewrite in place: a job can give a file back its size and mtime
+/// (`touch -r`, `utimensat`), but every write or metadata change sets ctime to the kernel's
+/// clock, and nothing but root changing the clock sets it back. Serving still verifies the
+/// bytes against the registered hash (a write can land after this check).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Identity {
     pub dev: u64,
     pub ino: u64,
     pub size: u64,
     pub mtime: (i64, i64),
+    pub ctime: (i64, i64),
 }
 
 impl Identity {
-    fn of(st: &libc::stat) -> Identity {
+    pub(super) fn of(st: &libc::stat) -> Identity {
         Identity {
             dev: st.st_dev,
             ino: st.st_ino,
             size: st.st_size as u64,
             mtime: (st.st_mtime, st.st_mtime_nsec),
+            ctime: (st.st_ctime, st.st_ctime_nsec),
         }
     }
 }

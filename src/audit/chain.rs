@@ -94,6 +94,18 @@ pub enum Event {
         profile: String,
         peer_uid: u32,
     },
+    /// Sessions ended: `session` and every descendant (`ended`, itself included), by its own
+    /// lineage's token (`by` "agent"), an operator ("operator", `operator_uid` set) or expiry
+    /// ("expired"). Their running jobs were cancelled, pending approvals dropped, session
+    /// grants forgotten.
+    SessionEnd {
+        session: String,
+        by: String,
+        ended: Vec<String>,
+        jobs_cancelled: usize,
+        peer_uid: Option<u32>,
+        operator_uid: Option<u32>,
+    },
     ExecRequest {
         session: String,
         job: String,

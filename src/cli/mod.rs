@@ -13,6 +13,7 @@ pub mod approvals;
 pub mod audit;
 pub mod pair;
 pub mod policy;
+pub mod sessions;
 
 use approvals::ApprovalsCommand;
 use audit::AuditCommand;
@@ -81,6 +82,19 @@ The agent:
 
 Dashes and case do not matter. See docs/pairing.md.")]
     Pair(pair::PairArgs),
+    /// List live sessions (label, profile, workspace, job counts) or end one with everything
+    /// below it (operator socket)
+    #[command(after_help = "\
+A session is what an agent's token names: a profile, a workspace, its jobs. An agent may
+start child sessions with its token; a child never outlives its root session, and quotas
+bound how many one uid ([sessions] max_per_uid) and one lineage (max_per_lineage) hold.
+
+  execbox sessions [list] [--json]       # every live session, children below their parent
+  execbox sessions end SESSION-ID        # end it and its descendants; running jobs are killed
+
+Over the operator socket (--socket, EXECBOX_OPERATOR_SOCKET, default
+/run/execbox/operator.sock). See docs/pairing.md (Sessions).")]
+    Sessions(sessions::SessionsArgs),
     /// Run the supervisor daemon: HTTP/1.1 + JSON over two Unix sockets (agent, operator)
     Serve(serve::ServeArgs),
     /// Check this host, the config and file permissions; say how to fix what is wrong
@@ -144,5 +158,6 @@ pub fn main() -> ExitCode {
         Commands::Doctor(args) => doctor::doctor(args),
         Commands::Approvals { cmd } => approvals::run(cmd),
         Commands::Pair(args) => pair::run(args),
+        Commands::Sessions(args) => sessions::run(args),
     }
 }

@@ -49,6 +49,8 @@ pub const ROUTES: &[(Socket, &str, &str)] = &[
     (Socket::Agent, "GET", "/v1/files/{path}"),
     (Socket::Agent, "DELETE", "/v1/files/{path}"),
     (Socket::Operator, "GET", "/v1/sessions"),
+    // The same URL as the agent's; named differently in the spec (one DELETE per path).
+    (Socket::Operator, "DELETE", "/v1/sessions/{session}"),
     (Socket::Operator, "GET", "/v1/approvals"),
     (Socket::Operator, "POST", "/v1/approvals/{id}"),
     (Socket::Operator, "GET", "/v1/audit"),
@@ -259,6 +261,10 @@ async fn route(
         (Socket::Operator, ["v1", "sessions"]) if method == Method::GET => {
             Ok(operator::list_sessions(srv))
         }
+        (Socket::Operator, ["v1", "sessions", id]) => match method {
+            Method::DELETE => operator::end_session(srv, peer, id),
+            _ => Err(wrong_method(socket, &segs)),
+        },
         (Socket::Operator, ["v1", "approvals"]) if method == Method::GET => {
             operator::list_approvals(srv, req.uri().query()).await
         }
@@ -526,6 +532,7 @@ mod tests {
         for src in [
             include_str!("api.rs"),
             include_str!("sessions.rs"),
+            include_str!("lifecycle.rs"),
             include_str!("operator.rs"),
             include_str!("jobs.rs"),
             include_str!("exec/mod.rs"),

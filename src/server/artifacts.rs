@@ -37,8 +37,15 @@ pub async fn attach(srv: &Arc<Server>, job: &str, a: JobArtifacts, exit: &mut se
         let mut st = srv.state();
         let now = Instant::now();
         purge(&mut st, now);
-        st.artifacts
-            .register(&a.session, job, &a.workspace, &a.cfg, &mut collected, now)
+        st.artifacts.register(
+            &a.session,
+            job,
+            &a.workspace,
+            &a.cfg,
+            &mut collected,
+            now,
+            srv.config.sessions.max_artifacts,
+        )
     };
     tracing::info!(
         job,
@@ -124,7 +131,18 @@ pub async fn get(
     };
     let (tx, rx) = mpsc::channel::<Bytes>(8);
     let size = entry.size;
-    tokio::task::spawn_blocking(move || stream_file(file, size, tx));
+    {
+        let (sha, id, session) = (entry.sha256.clone(), id.to_string(), entry.session.clone());
+        tokio::task::spawn_blocking(move || {
+            let sent = artifacts::serve_verified(file, size, &sha, |b| {
+                tx.blocking_send(Bytes::from(b)).is_ok()
+            });
+            if let Err(e @ artifacts::ServeError::Mismatch) = sent {
+                // The client gets fewer bytes than Content-Length: a failed download.
+                tracing::warn!(file_id = %id, session = %session, error = %e, "artifact changed while served; cut short");
+            }
+        });
+    }
     let mut r = Response::new(ChannelBody(rx).boxed());
     let h = r.headers_mut();
     h.insert(
@@ -136,23 +154,4 @@ pub async fn get(
         h.insert("x-execbox-sha256", v);
     }
     Ok(r)
-}
-
-/// Sends exactly `size` bytes (the registered size: the file was checked to have it) in chunks;
-/// stops when the client goes away.
-fn stream_file(file: std::fs::File, size: u64, tx: mpsc::Sender<Bytes>) {
-    use std::io::Read;
-    let mut r = file.take(size);
-    loop {
-        let mut buf = vec![0u8; 256 << 10];
-        match r.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                buf.truncate(n);
-                if tx.blocking_send(Bytes::from(buf)).is_err() {
-                    return;
-                }
-            }
-        }
-    }
 }

@@ -20,6 +20,7 @@ pub mod files;
 pub mod guard;
 pub mod inproc;
 mod jobs;
+pub mod lifecycle;
 pub mod listen;
 mod operator;
 pub mod pairing;
@@ -44,7 +45,7 @@ use crate::doctor::{self, Status};
 use crate::sandbox::{self, sys};
 use api::{ApiError, Peer};
 use auth::{Lockout, RateLimiter};
-use state::{Metrics, Session, State, unix_now};
+use state::{Metrics, State};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -91,7 +92,7 @@ pub struct Server {
     pub shutdown: CancellationToken,
     /// Every running job's relay task (and every request waiting for an approval).
     pub jobs: TaskTracker,
-    am_root: bool,
+    pub(crate) am_root: bool,
     /// The hash-chained audit log: every decision is recorded (durably) before it acts.
     pub audit: crate::audit::AuditHandle,
     pub approvals: approvals::Approvals,
@@ -286,159 +287,6 @@ impl Server {
             reason,
         });
     }
-
-    /// Mints a session (a child of `parent` when given) with its own workspace.
-    pub fn create_session(
-        &self,
-        peer: Peer,
-        parent: Option<&str>,
-        profile: Option<String>,
-        approved: bool,
-    ) -> Result<serde_json::Value, ApiError> {
-        self.create_session_in(peer, parent, profile, approved, None)
-    }
-
-    /// Like [`Server::create_session`]; with `workspace`, the session works in that existing
-    /// directory (an operator's choice at pairing), which is neither created, chowned nor
-    /// removed with the session.
-    pub fn create_session_in(
-        &self,
-        peer: Peer,
-        parent: Option<&str>,
-        profile: Option<String>,
-        approved: bool,
-        workspace: Option<&std::path::Path>,
-    ) -> Result<serde_json::Value, ApiError> {
-        let internal = |e: String| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("cannot create the session: {e}"),
-            )
-        };
-        let parent_profile =
-            parent.and_then(|p| self.state().sessions.get(p).map(|s| s.profile.clone()));
-        let profile = match (profile, parent_profile) {
-            (Some(p), Some(pp)) if p != pp => {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    format!("a child session inherits its parent's profile {pp:?}"),
-                ));
-            }
-            (_, Some(pp)) => pp,
-            (Some(p), None) => p,
-            (None, None) => self.config.default_profile.clone(),
-        };
-        if !self.config.profiles.contains_key(&profile) {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "unknown_profile",
-                format!(
-                    "no profile {profile:?}; available: {}",
-                    self.config
-                        .profiles
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
-        }
-        if parent.is_none() && !approved && self.config.approval_profiles.contains(&profile) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "approval_required",
-                format!("profile {profile:?} needs an operator's approval to bind"),
-            ));
-        }
-        let id = auth::new_id("s_").map_err(|e| internal(e.to_string()))?;
-        let minted = auth::mint().map_err(|e| internal(e.to_string()))?;
-        let offset = {
-            let mut st = self.state();
-            if st.sessions.len() >= self.config.limits.max_sessions {
-                return Err(ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too_many_sessions",
-                    "the daemon holds limits.max_sessions sessions; end some with DELETE /v1/sessions/{id}",
-                ));
-            }
-            st.next_sandbox_offset = st.next_sandbox_offset.wrapping_add(1);
-            st.next_sandbox_offset
-        };
-        // Each session has its own workspace and, as root, its own host uid: two sessions'
-        // sandboxes never share files or an identity.
-        let keep_workspace = workspace.is_some();
-        let workspace = match workspace {
-            Some(w) => w.to_path_buf(),
-            None => self.config.workspace_root.join(&id),
-        };
-        let sandbox_id = self.config.sandbox_uid_base.saturating_add(offset);
-        if !keep_workspace {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&workspace)
-                .map_err(|e| internal(format!("{}: {e}", workspace.display())))?;
-            if self.am_root {
-                std::os::unix::fs::chown(&workspace, Some(sandbox_id), Some(sandbox_id))
-                    .map_err(|e| internal(format!("chown {}: {e}", workspace.display())))?;
-            }
-        }
-        let ttl = self.config.limits.token_ttl;
-        let created_at = unix_now();
-        let session = Session {
-            id: id.clone(),
-            token_hash: minted.hash,
-            spawned_by: parent.map(str::to_string),
-            owner_uid: peer.uid,
-            profile: profile.clone(),
-            workspace: workspace.clone(),
-            sandbox_id,
-            created_at,
-            expires: Instant::now() + ttl,
-            expires_at: created_at + ttl.as_secs(),
-            running: 0,
-            keep_workspace,
-            workspace_read_only: false,
-        };
-        let expires_at = session.expires_at;
-        self.state().sessions.insert(id.clone(), session);
-        Metrics::inc(&self.metrics.sessions_created);
-        tracing::info!(session = %id, spawned_by = ?parent, uid = peer.uid, pid = ?peer.pid, profile = %profile, "session created");
-        Ok(serde_json::json!({
-            "session": id,
-            "token": format!("{id}.{}", minted.secret),
-            "expires_at": expires_at,
-            "profile": profile,
-            "workspace": workspace,
-            "spawned_by": parent,
-        }))
-    }
-
-    /// Forgets expired sessions that run nothing (their workspaces are removed).
-    fn reap_expired(&self) {
-        let now = Instant::now();
-        let gone: Vec<_> = {
-            let mut st = self.state();
-            let ids: Vec<String> = st
-                .sessions
-                .values()
-                .filter(|s| s.expires <= now && s.running == 0)
-                .map(|s| s.id.clone())
-                .collect();
-            self.approvals.end_sessions(&ids);
-            self.retained.end_sessions(&ids);
-            ids.iter()
-                .filter_map(|i| st.remove_session(i))
-                .filter(|s| !s.keep_workspace)
-                .map(|s| s.workspace)
-                .collect()
-        };
-        for ws in gone {
-            let _ = std::fs::remove_dir_all(ws);
-        }
-    }
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. Call from a single-threaded process (the spawner is
@@ -625,8 +473,7 @@ async fn run(srv: Arc<Server>, listeners: listen::Listeners) -> Stop {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(30)).await;
-                let s = srv.clone();
-                let _ = tokio::task::spawn_blocking(move || s.reap_expired()).await;
+                srv.reap_expired();
             }
         })
     };

@@ -1,4 +1,4 @@
-//! Operator routes: the live sessions (`GET /v1/sessions`), `/metrics`, the pending approvals (`GET /v1/approvals`, a long poll), an operator's
+//! Operator routes: the live sessions (`GET /v1/sessions`, `DELETE /v1/sessions/{id}`), `/metrics`, the pending approvals (`GET /v1/approvals`, a long poll), an operator's
 //! decision (`POST /v1/approvals/{id}`) and the audit tail (`GET /v1/audit`).
 
 use std::sync::Arc;
@@ -12,31 +12,30 @@ use serde::Deserialize;
 use super::Server;
 use super::api::{ApiError, Body, Peer, internal, ok_json, query_param};
 use super::approvals::{Grant, Kind, Outcome, Scope, TakeError};
-use super::state::Session;
+use super::lifecycle::EndedBy;
 use crate::audit::{Approval, Event};
 use crate::units::parse_duration;
 
 /// `GET /v1/sessions` (operator socket): every live session, oldest first.
 pub fn list_sessions(srv: &Server) -> Response<Body> {
-    let st = srv.state();
-    let mut list: Vec<&Session> = st.sessions.values().collect();
-    list.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
-    let v: Vec<_> = list
-        .iter()
-        .map(|s| {
-            serde_json::json!({
-                "session": s.id,
-                "spawned_by": s.spawned_by,
-                "owner_uid": s.owner_uid,
-                "profile": s.profile,
-                "workspace": s.workspace,
-                "created_at": s.created_at,
-                "expires_at": s.expires_at,
-                "running_jobs": s.running,
-            })
-        })
-        .collect();
-    ok_json(StatusCode::OK, serde_json::json!({"sessions": v}))
+    ok_json(StatusCode::OK, srv.sessions_view())
+}
+
+/// `DELETE /v1/sessions/{id}` on the operator socket: ends the session and its descendants
+/// (name a root to end its whole lineage), recorded as `session_end` by `operator`.
+pub fn end_session(srv: &Server, peer: Peer, id: &str) -> Result<Response<Body>, ApiError> {
+    let ended = srv
+        .end_session(id, EndedBy::Operator(peer.uid))
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such live session"))?;
+    Ok(ok_json(
+        StatusCode::OK,
+        serde_json::json!({
+            "session": id,
+            "ended_sessions": ended.sessions.len(),
+            "ended": ended.sessions,
+            "jobs_cancelled": ended.jobs_cancelled,
+        }),
+    ))
 }
 
 /// `GET /metrics`: the Prometheus text exposition.

@@ -124,6 +124,7 @@ fn event_kind(e: &Event) -> &'static str {
         Event::DaemonStop {} => "daemon_stop",
         Event::Auth { .. } => "auth",
         Event::SessionCreate { .. } => "session_create",
+        Event::SessionEnd { .. } => "session_end",
         Event::ExecRequest { .. } => "exec_request",
         Event::Verdict { .. } => "verdict",
         Event::ApprovalRequested(_) => "approval_requested",

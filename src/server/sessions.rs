@@ -11,7 +11,7 @@ use super::Server;
 use super::api::{ApiError, Body, Peer, internal, ok_json, read_json};
 use super::approvals::{Canonical, Kind, NewPending, Outcome};
 use super::auth;
-use super::jobs::cancel_job;
+use super::lifecycle::EndedBy;
 use crate::audit::{Approval, Event};
 use serde::Deserialize;
 
@@ -238,46 +238,22 @@ pub(super) async fn delete_session(
     id: &str,
 ) -> Result<Response<Body>, ApiError> {
     let caller = srv.authenticate(peer, req.headers())?;
-    let ended = {
-        let mut st = srv.state();
+    {
+        let st = srv.state();
         if !st.sessions.contains_key(id) || !st.within(id, &caller) {
             return Err(ApiError::not_found());
         }
-        // The session and every descendant end; their running jobs are killed.
-        let doomed: Vec<String> = st
-            .sessions
-            .keys()
-            .filter(|s| st.within(s, id))
-            .cloned()
-            .collect();
-        for j in st.jobs.values() {
-            if doomed.contains(&j.session)
-                && let Some(c) = &j.cancel
-            {
-                cancel_job(c, true);
-            }
-        }
-        srv.approvals.end_sessions(&doomed);
-        srv.retained.end_sessions(&doomed);
-        let mut workspaces = vec![];
-        for s in &doomed {
-            if let Some(sess) = st.remove_session(s)
-                && !sess.keep_workspace
-            {
-                workspaces.push(sess.workspace);
-            }
-        }
-        workspaces
-    };
-    let n = ended.len();
-    tokio::task::spawn_blocking(move || {
-        for ws in ended {
-            // The jobs are being killed; a straggler's files are removed on the next pass.
-            let _ = std::fs::remove_dir_all(&ws);
-        }
-    });
+    }
+    // The session and every descendant end; their running jobs are killed.
+    let ended = srv
+        .end_session(id, EndedBy::Agent(peer.uid))
+        .ok_or_else(ApiError::not_found)?;
     Ok(ok_json(
         StatusCode::OK,
-        serde_json::json!({"session": id, "ended_sessions": n}),
+        serde_json::json!({
+            "session": id,
+            "ended_sessions": ended.sessions.len(),
+            "jobs_cancelled": ended.jobs_cancelled,
+        }),
     ))
 }

@@ -19,6 +19,9 @@ pub struct Session {
     pub id: String,
     pub token_hash: [u8; 32],
     pub spawned_by: Option<String>,
+    /// The root of its lineage (itself for a root session). A lineage shares one expiry
+    /// bound (a child never outlives its root) and the `sessions.max_per_lineage` quota.
+    pub root: String,
     /// The peer uid that created it: its token works only from that uid.
     pub owner_uid: u32,
     pub profile: String,
@@ -34,6 +37,22 @@ pub struct Session {
     /// The workspace is its parent's, given read-only (`POST /v1/sessions` with
     /// `"workspace": "parent_ro"`): jobs see it read-only and `/v1/files` refuses writes.
     pub workspace_read_only: bool,
+    /// The pairing code's label and id, when the session (or its root) was paired.
+    pub label: Option<String>,
+    pub pairing_code: Option<String>,
+    /// Jobs of this session so far (running ones are `running`).
+    pub counts: JobCounts,
+}
+
+/// A session's jobs so far, for the operator's `GET /v1/sessions`.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct JobCounts {
+    /// Every exec request that became a job (refused ones included).
+    pub requested: u64,
+    /// Jobs that ran and ended.
+    pub finished: u64,
+    /// Jobs refused: by policy, an operator, an expired approval, the audit log or setup.
+    pub refused: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -110,6 +129,39 @@ pub struct State {
 }
 
 impl State {
+    /// Adds (or replaces: an approved job starts under its pending record's id) a job record,
+    /// and counts a new one for its session.
+    pub fn add_job(&mut self, job: Job) {
+        if !self.jobs.contains_key(&job.id)
+            && let Some(s) = self.sessions.get_mut(&job.session)
+        {
+            s.counts.requested += 1;
+        }
+        self.jobs.insert(job.id.clone(), job);
+    }
+
+    /// `id` and every session below it (its whole lineage when `id` is a root).
+    pub fn subtree(&self, id: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .sessions
+            .keys()
+            .filter(|s| self.within(s, id))
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Live sessions of the lineage rooted at `root`, and of peer `uid`.
+    pub fn counts_for(&self, root: &str, uid: u32) -> (usize, usize) {
+        self.sessions.values().fold((0, 0), |(l, u), s| {
+            (
+                l + usize::from(s.root == root),
+                u + usize::from(s.owner_uid == uid),
+            )
+        })
+    }
+
     /// Is `session` the same as `ancestor` or one of its descendants?
     pub fn within(&self, session: &str, ancestor: &str) -> bool {
         let mut cur = Some(session);
@@ -167,11 +219,19 @@ impl State {
         j.exit = Some(exit.to_string().into_boxed_str());
         j.cancel = None;
         let session = j.session.clone();
-        if was_running {
-            self.running = self.running.saturating_sub(1);
-            if let Some(s) = self.sessions.get_mut(&session) {
+        let refused = matches!(j.state, JobState::Refused);
+        if let Some(s) = self.sessions.get_mut(&session) {
+            if refused {
+                s.counts.refused += 1;
+            } else {
+                s.counts.finished += 1;
+            }
+            if was_running {
                 s.running = s.running.saturating_sub(1);
             }
+        }
+        if was_running {
+            self.running = self.running.saturating_sub(1);
         }
         // Its session already ended (deleted while the job ran): nobody can name the job any
         // more (the scope walk starts at a live session), so it is not kept.
@@ -339,6 +399,7 @@ mod tests {
             id: id.into(),
             token_hash: [0; 32],
             spawned_by: parent.map(Into::into),
+            root: String::new(),
             owner_uid: 0,
             profile: "default".into(),
             workspace: "/w".into(),
@@ -349,6 +410,9 @@ mod tests {
             running: 0,
             keep_workspace: false,
             workspace_read_only: false,
+            label: None,
+            pairing_code: None,
+            counts: JobCounts::default(),
         }
     }
 

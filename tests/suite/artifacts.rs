@@ -340,6 +340,57 @@ fn a_file_swapped_after_registration_is_not_served() {
     assert_eq!((status, error_code(&body)), (404, "artifact_gone".into()));
 }
 
+/// Issue 15 items 13 and 18, from inside the sandbox: a later job rewrites an artifact in
+/// place with the same size and puts its mtime back (`touch -r`): it was served with the old
+/// `x-execbox-sha256`. And every job re-registered every file under a new id.
+#[test]
+fn a_same_size_rewrite_with_a_restored_mtime_is_refused_and_unchanged_files_keep_their_ids() {
+    let d = start();
+    let s = session(&d, None, None);
+    let exit1 = exit_of(&run(
+        &d,
+        &s,
+        "mkdir out && echo secret-one > out/a && echo keep > out/b && touch -r out/a ref",
+        json!({}),
+    ))
+    .clone();
+    let (a, b) = (id_of(&exit1, "a"), id_of(&exit1, "b"));
+    // Positive control first: the file as registered is served.
+    assert_eq!(fetch(&d, &s, &a).2, b"secret-one\n");
+    std::thread::sleep(Duration::from_millis(50));
+    // Same size, same inode, mtime restored: only ctime moved. (The job hides the directory
+    // so that its own end does not list the new content; the test puts it back.)
+    run(
+        &d,
+        &s,
+        "printf 'EVIL-TWO!!\\n' 1<> out/a && touch -r ref out/a && mv out hidden",
+        json!({}),
+    );
+    std::fs::rename(s.workspace.join("hidden"), s.workspace.join("out")).unwrap();
+    let st = std::fs::metadata(s.workspace.join("out/a")).unwrap();
+    assert_eq!(st.len(), 11, "the rewrite kept the size");
+    let (status, _, body) = fetch(&d, &s, &a);
+    assert_eq!(
+        (status, error_code(&body)),
+        (409, "artifact_changed".into())
+    );
+    // The next job lists the unchanged file under the same id, the rewritten one anew.
+    let exit2 = exit_of(&run(&d, &s, "true", json!({}))).clone();
+    assert_eq!(id_of(&exit2, "b"), b, "{exit2}");
+    let a2 = id_of(&exit2, "a");
+    assert_ne!(a2, a);
+    let (status, head, body) = fetch(&d, &s, &a2);
+    assert_eq!((status, body.as_slice()), (200, &b"EVIL-TWO!!\n"[..]));
+    assert!(
+        head.to_ascii_lowercase().contains(&format!(
+            "x-execbox-sha256: {}",
+            sha256_hex(b"EVIL-TWO!!\n")
+        )),
+        "{head}"
+    );
+    assert_eq!(fetch(&d, &s, &b).2, b"keep\n");
+}
+
 #[test]
 fn artifact_ids_expire_and_are_dropped_with_their_session() {
     let d = start();

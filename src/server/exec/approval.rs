@@ -101,16 +101,13 @@ pub(super) async fn pend(
         return Err(e);
     }
     srv.approvals.publish(&approval_id);
-    srv.state().jobs.insert(
-        job.job_id.clone(),
-        Job::new(
-            &job.job_id,
-            &job.session,
-            &job.argv,
-            JobState::PendingApproval,
-            None,
-        ),
-    );
+    srv.state().add_job(Job::new(
+        &job.job_id,
+        &job.session,
+        &job.argv,
+        JobState::PendingApproval,
+        None,
+    ));
     tracing::info!(job = %job.job_id, session = %job.session, approval = %approval_id, rule = ?decision.rule, "waiting for an operator's approval");
     let _ = tx.try_send(accepted);
     let _ = tx.try_send(ndjson(serde_json::json!({

@@ -85,16 +85,13 @@ pub(super) async fn launch(
         }
         s.running += 1;
         st.running += 1;
-        st.jobs.insert(
-            job_id.clone(),
-            Job::new(
-                &job_id,
-                &caller,
-                &argv,
-                JobState::Running,
-                Some(cancel_w.clone()),
-            ),
-        );
+        st.add_job(Job::new(
+            &job_id,
+            &caller,
+            &argv,
+            JobState::Running,
+            Some(cancel_w.clone()),
+        ));
     }
     let wire_limits = WireLimits::from(limits);
     let mut limits_record = serde_json::to_value(wire_limits).unwrap_or_default();

@@ -228,16 +228,13 @@ pub(super) async fn exec(
             Metrics::inc(&srv.metrics.jobs_refused);
             {
                 let mut st = srv.state();
-                st.jobs.insert(
-                    job.job_id.clone(),
-                    Job::new(
-                        &job.job_id,
-                        &job.session,
-                        &job.argv,
-                        JobState::Refused,
-                        None,
-                    ),
-                );
+                st.add_job(Job::new(
+                    &job.job_id,
+                    &job.session,
+                    &job.argv,
+                    JobState::Refused,
+                    None,
+                ));
                 let keep = srv.config.limits.finished_jobs_kept;
                 st.finish(&job.job_id, JobState::Refused, exit.clone(), keep);
             }

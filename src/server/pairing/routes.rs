@@ -296,19 +296,19 @@ pub async fn redeem(
             ),
         ));
     }
-    let created = match srv.create_session_in(
-        peer,
-        None,
-        Some(code.profile.clone()),
-        true,
-        code.workspace.as_deref(),
-    ) {
-        Ok(c) => c,
-        Err(e) => {
-            srv.pairing.lock().put_back(code);
-            return Err(e);
-        }
+    let paired = crate::server::lifecycle::Paired {
+        code_id: &code.id,
+        label: code.label.as_deref(),
+        workspace: code.workspace.as_deref(),
     };
+    let created =
+        match srv.create_session_in(peer, None, Some(code.profile.clone()), true, Some(paired)) {
+            Ok(c) => c,
+            Err(e) => {
+                srv.pairing.lock().put_back(code);
+                return Err(e);
+            }
+        };
     let session = created["session"].as_str().unwrap_or_default().to_string();
     let mut recorded = srv
         .record(Event::PairingRedeemed {
