@@ -57,6 +57,11 @@ bad_token_limit = 1000000
 # header_timeout, and schemathesis's client reuses pooled connections without a retry, so
 # the close would race with the next request ("Remote end closed connection").
 header_timeout = "600s"
+# Every session request of this harness makes a child of one root: the per-lineage and per-uid
+# quotas are raised to limits.max_sessions, the bound this run had before they existed.
+[sessions]
+max_per_uid = 1024
+max_per_lineage = 1024
 [approvals]
 expiry = "200ms"
 [audit]
