@@ -1,7 +1,8 @@
 //! `execbox run --socket PATH`: the same command line, through the daemon. A minimal blocking
 //! HTTP/1.1 client over the agent socket (no runtime to start: this path is on the latency
-//! budget). Creates a session, streams `POST /v1/exec`, ends the session; prints output as it
-//! arrives and exits like the in-process path (the command's code, 124, 125, 126, 137).
+//! budget). Creates a session (fresh, or from a pairing code) or uses a saved token, streams
+//! `POST /v1/exec`, ends a session it made for this command only; prints output as it arrives
+//! and exits like the in-process path (the command's code, 124, 125, 126, 137).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsFd;
@@ -15,9 +16,24 @@ use base64::engine::general_purpose::STANDARD as B64;
 
 use crate::sandbox::Stream;
 
+/// Which session runs the command.
+pub enum SessionSource {
+    /// A new session for this command, ended after it (`POST /v1/sessions` without a body).
+    Fresh,
+    /// Redeem an operator's pairing code. With `save`, the token is written there (a new file,
+    /// 0600) and the session kept; without, it ends with the command.
+    Pairing {
+        code: String,
+        save: Option<std::path::PathBuf>,
+    },
+    /// An existing session's token (`--token-file`, `EXECBOX_TOKEN`): used, never ended.
+    Token(String),
+}
+
 /// What to run, already validated by `run.rs`.
 pub struct Remote<'a> {
     pub socket: &'a Path,
+    pub session: SessionSource,
     pub argv: &'a [String],
     pub shell: Option<&'a str>,
     pub env: &'a [String],
@@ -139,11 +155,25 @@ pub fn run(r: Remote<'_>) -> ExitCode {
 }
 
 fn go(r: &Remote<'_>) -> Result<u8> {
-    let reply = request(r.socket, "POST", "/v1/sessions", None, None)?;
+    let (body, save) = match &r.session {
+        SessionSource::Token(t) => return exec(r, t),
+        SessionSource::Fresh => (None, None),
+        SessionSource::Pairing { code, save } => (
+            Some(serde_json::json!({ "pairing_code": code }).to_string()),
+            save.as_deref(),
+        ),
+    };
+    let reply = request(r.socket, "POST", "/v1/sessions", None, body.as_deref())?;
     let status = reply.status;
     let body = reply.body()?;
     if status != 201 {
-        bail!("the daemon refused a session: {}", error_text(&body));
+        let mut why = error_text(&body);
+        if why.contains("pairing_required") {
+            why.push_str(
+                "; with `execbox run`: --pairing-code CODE (and --token-file PATH to keep the session), or --token-file / EXECBOX_TOKEN with a saved token",
+            );
+        }
+        bail!("the daemon refused a session: {why}");
     }
     let v: serde_json::Value = serde_json::from_slice(&body)?;
     let token = v["token"]
@@ -151,17 +181,43 @@ fn go(r: &Remote<'_>) -> Result<u8> {
         .context("no token in the reply")?
         .to_string();
     let session = v["session"].as_str().unwrap_or_default().to_string();
+    let end = || {
+        let _ = request(
+            r.socket,
+            "DELETE",
+            &format!("/v1/sessions/{session}"),
+            Some(&token),
+            None,
+        )
+        .and_then(Reply::body);
+    };
+    if let Some(path) = save {
+        // Saved before the command runs: the session outlives this process. A token that
+        // cannot be saved would be a session nobody can use: end it.
+        if let Err(e) = save_token(path, &token) {
+            end();
+            return Err(e);
+        }
+        return exec(r, &token);
+    }
     let result = exec(r, &token);
     // The session was only for this command: end it (and its workspace).
-    let _ = request(
-        r.socket,
-        "DELETE",
-        &format!("/v1/sessions/{session}"),
-        Some(&token),
-        None,
-    )
-    .and_then(Reply::body);
+    end();
     result
+}
+
+/// Writes `token` to a new file only its owner can read.
+fn save_token(path: &Path, token: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create --token-file {}", path.display()))?;
+    f.write_all(format!("{token}\n").as_bytes())
+        .with_context(|| format!("cannot write --token-file {}", path.display()))?;
+    Ok(())
 }
 
 fn exec(r: &Remote<'_>, token: &str) -> Result<u8> {

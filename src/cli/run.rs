@@ -29,6 +29,12 @@ Examples:
   execbox run --workspace ~/src/project --timeout 5m --memory 2GiB -- make -j2
   execbox run --json -- python3 script.py      # exit report as JSON on stderr
 
+Through the daemon (--socket or EXECBOX_SOCKET):
+  execbox run --socket /run/execbox/agent.sock --pairing-code XXXX-XXXX-XXXX-XXXX \\
+      --token-file ~/.execbox-token -- make      # redeem once, keep the session
+  execbox run --socket /run/execbox/agent.sock --token-file ~/.execbox-token -- make test
+  EXECBOX_TOKEN=\"$(cat ~/.execbox-token)\" execbox run --socket PATH -- ls
+
 Exit codes: the command's own; 124 timeout; 125 refused by policy or bad input;
 126 sandbox setup failed (the message names the step and errno); 137 killed by a limit.")]
 pub struct RunArgs {
@@ -62,9 +68,27 @@ pub struct RunArgs {
     #[arg(long, value_name = "ID", env = "EXECBOX_SANDBOX_ID", default_value_t = DEFAULT_SANDBOX_ID)]
     sandbox_id: u32,
     /// Go through the daemon listening on this agent socket instead of running in-process
-    /// (the session's own workspace is used; --workspace and --policy do not apply)
+    /// (the session's own workspace is used; --workspace and --policy do not apply). A daemon
+    /// with sessions.require_pairing (the packaged config) needs --pairing-code, --token-file
+    /// or EXECBOX_TOKEN
     #[arg(long, value_name = "PATH", env = "EXECBOX_SOCKET")]
     socket: Option<PathBuf>,
+    /// With --socket: redeem this operator's pairing code (`execbox pair`) for the session.
+    /// With --token-file, the token is saved there (a new file, mode 0600) and the session is
+    /// kept for later runs; without, the session ends with the command
+    #[arg(
+        long,
+        value_name = "CODE",
+        env = "EXECBOX_PAIRING_CODE",
+        hide_env_values = true,
+        requires = "socket"
+    )]
+    pairing_code: Option<String>,
+    /// With --socket: run in the session whose token is in this file (mode 0600; the session
+    /// and its workspace stay). A token can also come from the EXECBOX_TOKEN environment
+    /// variable. Without either, a fresh session is created and ended
+    #[arg(long, value_name = "PATH", requires = "socket")]
+    token_file: Option<PathBuf>,
     /// Run this string with /bin/bash -c inside the sandbox (the grammar the policy parses)
     #[arg(short = 'c', value_name = "STRING", conflicts_with = "command")]
     shell: Option<String>,
@@ -368,8 +392,13 @@ fn through_daemon(
             _ => None,
         }
     };
+    let session = match session_source(args) {
+        Ok(s) => s,
+        Err(message) => return refuse(args.json, EXIT_REFUSED, "usage", &message),
+    };
     super::remote::run(super::remote::Remote {
         socket,
+        session,
         argv,
         shell,
         env: &args.env,
@@ -379,6 +408,68 @@ fn through_daemon(
         stdin,
         json: args.json,
     })
+}
+
+/// Where `--socket`'s session comes from: a pairing code (and where to keep its token), a
+/// token file, `EXECBOX_TOKEN`, or a fresh session.
+fn session_source(args: &RunArgs) -> Result<super::remote::SessionSource, String> {
+    use super::remote::SessionSource;
+    if let Some(code) = &args.pairing_code {
+        if let Some(f) = &args.token_file
+            && std::fs::symlink_metadata(f).is_ok()
+        {
+            return Err(format!(
+                "--token-file {} already exists, and a pairing code makes a new session; fix: name a new file for its token, or drop --pairing-code to use the saved token",
+                f.display()
+            ));
+        }
+        return Ok(SessionSource::Pairing {
+            code: code.clone(),
+            save: args.token_file.clone(),
+        });
+    }
+    if let Some(f) = &args.token_file {
+        return read_token_file(f).map(SessionSource::Token);
+    }
+    match std::env::var("EXECBOX_TOKEN") {
+        Ok(t) if !t.trim().is_empty() => Ok(SessionSource::Token(t.trim().to_string())),
+        _ => Ok(SessionSource::Fresh),
+    }
+}
+
+/// A token file must be a regular file only its owner can read (it is a bearer credential).
+fn read_token_file(f: &std::path::Path) -> Result<String, String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(f).map_err(|e| {
+        format!(
+            "--token-file {}: {e}; fix: name the file the token was saved in",
+            f.display()
+        )
+    })?;
+    if !m.is_file() {
+        return Err(format!(
+            "--token-file {} is not a regular file",
+            f.display()
+        ));
+    }
+    if m.mode() & 0o077 != 0 {
+        return Err(format!(
+            "--token-file {} is readable or writable by others (mode {:o}); fix: chmod 600 {}",
+            f.display(),
+            m.mode() & 0o7777,
+            f.display()
+        ));
+    }
+    let text =
+        std::fs::read_to_string(f).map_err(|e| format!("--token-file {}: {e}", f.display()))?;
+    let token = text.trim();
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        return Err(format!(
+            "--token-file {} does not hold one token (`s_….…`)",
+            f.display()
+        ));
+    }
+    Ok(token.to_string())
 }
 
 fn refusal_text(d: &Decision, what: &str) -> String {

@@ -502,3 +502,115 @@ fn sessions_paired_to_root_owned_workspaces_run_as_different_host_uids() {
     assert!(uids.iter().all(|u| *u != 0), "{uids:?}");
     assert_ne!(uids[0], uids[1], "two sessions' sandboxes share a host uid");
 }
+
+/// Issue 22 item 3: `execbox run --socket` against the packaged config (require_pairing)
+/// failed with `pairing_required`: it had no way to pass a code or a token.
+#[test]
+fn run_through_the_daemon_with_a_pairing_code_then_a_saved_token() {
+    let (d, _clock) = daemon("[sessions]\nrequire_pairing = true\n");
+    let tmp = tempfile::tempdir().unwrap();
+    let token_file = tmp.path().join("token");
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut c = Command::new(&*EXECBOX);
+        c.arg("run")
+            .arg("--socket")
+            .arg(d.agent())
+            .args(args)
+            .env_remove("EXECBOX_TOKEN")
+            .env_remove("EXECBOX_PAIRING_CODE")
+            .stdin(std::process::Stdio::null());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    // The failure as reported, with the way out named.
+    let o = run(&["--", "/bin/true"], &[]);
+    assert_ne!(o.status.code(), Some(0));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("pairing_required") && err.contains("--pairing-code"),
+        "{err}"
+    );
+
+    // Redeem once, keep the token (a new 0600 file), and the session.
+    let code = issue(&d, &["--label", "run-cli"])["code"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tf = token_file.to_str().unwrap();
+    let o = run(
+        &[
+            "--pairing-code",
+            &code,
+            "--token-file",
+            tf,
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo kept > marker; echo one",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "one\n");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let token = std::fs::read_to_string(&token_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(!text(&o.stderr).contains(&token) && !text(&o.stdout).contains(&token));
+    // The same session (its workspace) from the file, and from EXECBOX_TOKEN.
+    let o = run(&["--token-file", tf, "--", "/bin/cat", "marker"], &[]);
+    assert_eq!(
+        (o.status.code(), text(&o.stdout)),
+        (Some(0), "kept\n".into()),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = run(&["--", "/bin/cat", "marker"], &[("EXECBOX_TOKEN", &token)]);
+    assert_eq!(
+        (o.status.code(), text(&o.stdout)),
+        (Some(0), "kept\n".into()),
+        "{}",
+        text(&o.stderr)
+    );
+    // The code was used up; an existing token file is not overwritten by a new pairing.
+    let o = run(&["--pairing-code", &code, "--", "/bin/true"], &[]);
+    assert!(
+        text(&o.stderr).contains("pairing_failed"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = run(
+        &[
+            "--pairing-code",
+            &code,
+            "--token-file",
+            tf,
+            "--",
+            "/bin/true",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        text(&o.stderr).contains("already exists"),
+        "{}",
+        text(&o.stderr)
+    );
+    // A token file others can read is refused, naming the fix; a bad token is unauthorized.
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = run(&["--token-file", tf, "--", "/bin/true"], &[]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(text(&o.stderr).contains("chmod 600"), "{}", text(&o.stderr));
+    let o = run(&["--", "/bin/true"], &[("EXECBOX_TOKEN", "s_nope.nope")]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        text(&o.stderr).contains("unauthorized"),
+        "{}",
+        text(&o.stderr)
+    );
+}
