@@ -109,6 +109,10 @@ run_st "$dir/operator.yaml" "$operator_port"
 if ! kill -0 "$daemon" 2>/dev/null; then
     echo "api-fuzz: the daemon died" >&2; tail -50 "$dir/daemon.log" >&2; exit 1
 fi
+# In a new session: the operator half may have ended the first one (its stateful phase feeds
+# the ids GET /v1/sessions lists to DELETE /v1/sessions/{session}, as it should).
+token=$(curl -sf --unix-socket "$dir/agent.sock" -X POST http://x/v1/sessions \
+    | "$venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 out=$(curl -sf --max-time 30 --unix-socket "$dir/agent.sock" -X POST http://x/v1/exec \
     -H "Authorization: Bearer $token" -H 'content-type: application/json' \
     -d '{"command": "echo alive"}')
