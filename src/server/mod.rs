@@ -18,6 +18,7 @@ pub mod conns;
 pub mod exec;
 pub mod files;
 pub mod guard;
+pub mod histogram;
 pub mod inproc;
 mod jobs;
 pub mod lifecycle;

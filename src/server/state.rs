@@ -267,6 +267,11 @@ pub struct Metrics {
     pub pairing_redeemed: AtomicU64,
     pub pairing_failures: AtomicU64,
     pub pairing_alerts: AtomicU64,
+    /// From a job's `started` to its end.
+    pub job_duration: super::histogram::Histogram,
+    /// From the exec request's arrival to the job's `started`, [without, with] a wait for an
+    /// operator's approval.
+    pub queue_wait: [super::histogram::Histogram; 2],
 }
 
 impl Metrics {
@@ -379,6 +384,22 @@ impl Metrics {
             "gauge",
         );
         counter("sessions", "Live sessions.", sessions as u64, "gauge");
+        out.push_str(
+            "# HELP execbox_job_duration_seconds Jobs from their start in the sandbox to their end.\n\
+             # TYPE execbox_job_duration_seconds histogram\n",
+        );
+        self.job_duration
+            .render_into(&mut out, "execbox_job_duration_seconds", "");
+        out.push_str(
+            "# HELP execbox_job_queue_seconds Jobs from the exec request's arrival to their start in the sandbox (policy, audit records, admission, sandbox setup; approval=\"waited\" includes the operator's decision).\n\
+             # TYPE execbox_job_queue_seconds histogram\n",
+        );
+        for (i, label) in ["approval=\"none\"", "approval=\"waited\""]
+            .iter()
+            .enumerate()
+        {
+            self.queue_wait[i].render_into(&mut out, "execbox_job_queue_seconds", label);
+        }
         out
     }
 }

@@ -451,6 +451,16 @@ fn the_audit_log_of_a_run_verifies_and_records_one_job_in_order() {
     let (status, _, raw) = http(&d.operator(), "GET", "/v1/audit?since=0", None, None);
     assert_eq!(status, 200);
     assert!(text(&raw).contains(&job));
+    // Queue time is counted apart for the job that waited for an operator.
+    let (_, _, raw) = http(&d.operator(), "GET", "/metrics", None, None);
+    let m = text(&raw);
+    for line in [
+        "execbox_job_queue_seconds_count{approval=\"waited\"} 1",
+        "execbox_job_queue_seconds_count{approval=\"none\"} 1",
+        "execbox_job_duration_seconds_count 2",
+    ] {
+        assert!(m.lines().any(|l| l == line), "{line} not in\n{m}");
+    }
     assert!(d.terminate().success());
 
     let log = d.dir.path().join("audit.jsonl");

@@ -361,11 +361,19 @@ fn curl_end_to_end_session_exec_stream_exit() {
         &d.operator().display().to_string(),
         "http://x/metrics",
     ]);
-    assert!(
-        text(&o.stdout).contains("execbox_jobs_finished_total 1"),
-        "{}",
-        text(&o.stdout)
-    );
+    let m = text(&o.stdout);
+    assert!(m.contains("execbox_jobs_finished_total 1"), "{m}");
+    // Issue 22 item 12: how long jobs ran and waited, as histograms.
+    for line in [
+        "# TYPE execbox_job_duration_seconds histogram",
+        "execbox_job_duration_seconds_count 1",
+        "execbox_job_duration_seconds_bucket{le=\"+Inf\"} 1",
+        "# TYPE execbox_job_queue_seconds histogram",
+        "execbox_job_queue_seconds_count{approval=\"none\"} 1",
+        "execbox_job_queue_seconds_count{approval=\"waited\"} 0",
+    ] {
+        assert!(m.lines().any(|l| l == line), "{line} not in\n{m}");
+    }
 }
 
 #[test]

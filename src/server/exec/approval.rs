@@ -207,7 +207,9 @@ impl Waiter {
                     );
                     return;
                 }
-                if let Err(e) = launch(&self.srv, self.job, &self.tx, None).await {
+                let mut job = self.job;
+                job.waited = true;
+                if let Err(e) = launch(&self.srv, job, &self.tx, None).await {
                     refuse(e.code, &e.message);
                 }
             }

@@ -40,6 +40,8 @@ pub(super) async fn launch(
         guard,
         artifacts,
         detach,
+        received,
+        waited,
         ..
     } = job;
     // Pipes: output and result come back to us; cancel and stdin go to the job.
@@ -182,6 +184,8 @@ pub(super) async fn launch(
         srv.retained.start(&job_id, &caller);
     }
     let relay = Relay {
+        received,
+        waited,
         srv: srv.clone(),
         detach: detach.then(|| caller.clone()),
         job: job_id,

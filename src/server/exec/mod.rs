@@ -36,6 +36,7 @@ pub(super) async fn exec(
     peer: Peer,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, ApiError> {
+    let received = std::time::Instant::now();
     let caller = srv.authenticate(peer, req.headers())?;
     if srv.shutdown.is_cancelled() {
         return Err(ApiError::new(
@@ -189,6 +190,8 @@ pub(super) async fn exec(
         .cloned()
         .unwrap_or_default();
     let job = Prepared {
+        received,
+        waited: false,
         guard,
         artifacts: profile.artifacts.clone(),
         job_id,
@@ -288,6 +291,9 @@ struct Prepared {
     guard: OutputGuard,
     /// Where the job's artifacts are collected from, if the profile declares them.
     artifacts: Option<crate::profile::ArtifactsProfile>,
+    /// When the request arrived, and whether it waited for an operator (`/metrics` queue time).
+    received: std::time::Instant,
+    waited: bool,
 }
 
 impl Prepared {

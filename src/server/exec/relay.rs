@@ -47,6 +47,9 @@ pub(super) struct Relay {
     pub(super) cancel: Arc<std::os::fd::OwnedFd>,
     pub(super) guard: OutputGuard,
     pub(super) artifacts: Option<JobArtifacts>,
+    /// When the exec request arrived, and whether it waited for an approval (`/metrics`).
+    pub(super) received: Instant,
+    pub(super) waited: bool,
 }
 
 impl Relay {
@@ -68,6 +71,7 @@ impl Relay {
         let mut client_gone = false;
         let mut supervised = false;
         let started = Instant::now();
+        let mut running_since: Option<Instant> = None;
         while out.is_some() || err.is_some() || res.is_some() {
             let mut rchunk = [0u8; 4096];
             tokio::select! {
@@ -87,6 +91,10 @@ impl Relay {
                             match serde_json::from_slice::<SupervisorEvent>(&line) {
                                 Ok(SupervisorEvent::Started { .. }) => {
                                     supervised = true;
+                                    let now = Instant::now();
+                                    self.srv.metrics.queue_wait[usize::from(self.waited)]
+                                        .observe(now.duration_since(self.received));
+                                    running_since = Some(now);
                                     self.emit(&mut client_gone, serde_json::json!({"event": "started", "job": self.job})).await;
                                 }
                                 Ok(ev) => result = Some(ev),
@@ -109,6 +117,9 @@ impl Relay {
                 self.emit_line(&mut client_gone, output_event(stream, &tail), n)
                     .await;
             }
+        }
+        if let Some(t) = running_since {
+            self.srv.metrics.job_duration.observe(t.elapsed());
         }
         let keep = self.srv.config.limits.finished_jobs_kept;
         let ran = matches!(result, Some(SupervisorEvent::Finished(_)));
