@@ -614,3 +614,89 @@ fn run_through_the_daemon_with_a_pairing_code_then_a_saved_token() {
         text(&o.stderr)
     );
 }
+
+/// Issue 15 item 7 / issue 22 item 12 through the CLI: `execbox sessions` shows the lineage
+/// with its pairing label, and `execbox sessions end ROOT` ends all of it, killing its job.
+#[test]
+fn an_operator_lists_and_ends_a_lineage_with_the_cli() {
+    let (d, _clock) = daemon("[sessions]\nrequire_pairing = true\n");
+    let code = issue(&d, &["--label", "lineage-bot"])["code"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, root, _) = redeem(&d, &code);
+    assert_eq!(status, 201, "{root}");
+    let rtoken = root["token"].as_str().unwrap().to_string();
+    let (status, child) = d.json("POST", "/v1/sessions", Some(&rtoken), None);
+    assert_eq!(status, 201, "{child}");
+    let ctoken = child["token"].as_str().unwrap().to_string();
+    // Another lineage, which must survive.
+    let other_code = issue(&d, &[])["code"].as_str().unwrap().to_string();
+    let (_, other, _) = redeem(&d, &other_code);
+    let otoken = other["token"].as_str().unwrap().to_string();
+    // A job that would run for a minute in the child.
+    let agent = d.agent();
+    let t = {
+        let ctoken = ctoken.clone();
+        std::thread::spawn(move || {
+            super::daemon::exec_on(&agent, &ctoken, json!({"argv": ["/bin/sleep", "60"]}))
+        })
+    };
+    let sessions = |args: &[&str]| {
+        Command::new(&*EXECBOX)
+            .arg("sessions")
+            .args(args)
+            .env("EXECBOX_OPERATOR_SOCKET", d.operator())
+            .output()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let listing = loop {
+        let l = ok(&sessions(&[]));
+        if l.contains("1/0/0/1") || Instant::now() > deadline {
+            break l;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (rid, cid) = (
+        root["session"].as_str().unwrap(),
+        child["session"].as_str().unwrap(),
+    );
+    let row = |id: &str| {
+        listing
+            .lines()
+            .find(|l| l.trim_start().starts_with(id))
+            .unwrap_or_else(|| panic!("{id} not in\n{listing}"))
+            .to_string()
+    };
+    assert!(
+        row(rid).starts_with(rid) && row(rid).contains("\"lineage-bot\""),
+        "{listing}"
+    );
+    assert!(
+        row(cid).starts_with(&format!("  {cid}")),
+        "the child is below its root:\n{listing}"
+    );
+    assert!(
+        row(cid).contains("1/0/0/1") && row(cid).contains("\"lineage-bot\""),
+        "{listing}"
+    );
+    let json_list: Value = serde_json::from_str(&ok(&sessions(&["list", "--json"]))).unwrap();
+    assert_eq!(json_list["sessions"].as_array().unwrap().len(), 3);
+
+    let ended = ok(&sessions(&["end", rid]));
+    assert!(
+        ended.contains("2 session(s), 1 running job(s) killed"),
+        "{ended}"
+    );
+    let (status, events) = t.join().unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(exit_of(&events)["code"], 137, "{events:?}");
+    for tok in [&rtoken, &ctoken] {
+        assert_eq!(d.json("GET", "/v1/jobs", Some(tok), None).0, 401);
+    }
+    assert_eq!(d.json("GET", "/v1/jobs", Some(&otoken), None).0, 200);
+    let o = sessions(&["end", rid]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("not_found"), "{}", text(&o.stderr));
+}
