@@ -89,6 +89,10 @@ pub struct SandboxProfile {
     pub protect_scan_depth: usize,
     /// How many directory entries that walk reads at most (before and again after each job).
     pub protect_scan_entries: usize,
+    /// Not a profile key: set per job by the daemon for a session given its parent's workspace
+    /// read-only (`docs/sessions.md`). The workspace is then mounted read-only and landlock
+    /// allows it only reading and executing.
+    pub workspace_read_only: bool,
 }
 
 /// Network view inside the sandbox.
@@ -454,6 +458,7 @@ impl Profile {
             allow_degraded: s.allow_degraded,
             protect_scan_depth: s.protect_scan_depth,
             protect_scan_entries: s.protect_scan_entries,
+            workspace_read_only: false,
         };
         if sandbox.protect_scan_entries == 0
             || sandbox.protect_scan_entries > MAX_PROTECT_SCAN_ENTRIES

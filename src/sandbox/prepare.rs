@@ -228,6 +228,12 @@ pub fn build(
         dev_slots.push((host, slot));
     }
     // The workspace: cloned here, or idmapped by the parent and received over the socket.
+    // A session given its parent's workspace read-only sees it read-only, pins included.
+    let ws_attrs = if spec.sandbox.workspace_read_only {
+        ro
+    } else {
+        rw
+    };
     let ws_slot = if identity.idmap_workspace {
         None
     } else {
@@ -235,7 +241,7 @@ pub fn build(
         mounts.push(MountOp::CloneTree {
             src: c(ws)?,
             slot,
-            attrs: rw,
+            attrs: ws_attrs,
             display: ws.clone(),
         });
         Some(slot)
@@ -355,7 +361,14 @@ pub fn build(
             display: ws.clone(),
         }),
     }
-    ll_rules.push((ws.clone(), Access::READ_WRITE_DIR));
+    ll_rules.push((
+        ws.clone(),
+        if spec.sandbox.workspace_read_only {
+            Access::READ_EXEC_DIR
+        } else {
+            Access::READ_WRITE_DIR
+        },
+    ));
 
     // Guards from `protect` (parents first): git directories and the ancestors of protected
     // and hidden paths pinned in place, code-bearing entries read-only, hidden paths covered.
@@ -365,7 +378,7 @@ pub fn build(
             GuardKind::Pin => MountOp::Rebind {
                 src: c(&p)?,
                 target: c(&p)?,
-                attrs: rw,
+                attrs: ws_attrs,
                 display: p,
             },
             GuardKind::ReadOnly => MountOp::Rebind {

@@ -524,10 +524,15 @@ fn idmapped_workspace(spec: &JobSpec, proc_dir: &str) -> Result<OwnedFd, SetupEr
     let fd = sys::open_tree(&ws, flags)
         .map_err(|e| step_error("idmap-workspace", " (open_tree)".into(), e))?;
     let fd = sys::owned(fd);
+    let read_only = if spec.sandbox.workspace_read_only {
+        libc::MOUNT_ATTR_RDONLY
+    } else {
+        0
+    };
     sys::mount_setattr_fd(
         fd.as_raw_fd(),
         false,
-        libc::MOUNT_ATTR_IDMAP | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
+        libc::MOUNT_ATTR_IDMAP | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | read_only,
         0,
         Some(userns.as_raw_fd()),
     )

@@ -61,15 +61,17 @@ fn internal(e: String) -> ApiError {
 }
 
 impl Server {
-    /// Mints a session (a child of `parent` when given) with its own workspace.
+    /// Mints a session (a child of `parent` when given) with its own workspace, or with its
+    /// parent's (`share`: `Some(read_only)`; only for a child).
     pub fn create_session(
         &self,
         peer: Peer,
         parent: Option<&str>,
         profile: Option<String>,
         approved: bool,
+        share: Option<bool>,
     ) -> Result<serde_json::Value, ApiError> {
-        self.create_session_in(peer, parent, profile, approved, None)
+        self.mint(peer, parent, profile, approved, None, share)
     }
 
     /// Like [`Server::create_session`]; with `paired`, a root session from a pairing code:
@@ -81,6 +83,18 @@ impl Server {
         profile: Option<String>,
         approved: bool,
         paired: Option<Paired<'_>>,
+    ) -> Result<serde_json::Value, ApiError> {
+        self.mint(peer, parent, profile, approved, paired, None)
+    }
+
+    fn mint(
+        &self,
+        peer: Peer,
+        parent: Option<&str>,
+        profile: Option<String>,
+        approved: bool,
+        paired: Option<Paired<'_>>,
+        share: Option<bool>,
     ) -> Result<serde_json::Value, ApiError> {
         let parent_profile =
             parent.and_then(|p| self.state().sessions.get(p).map(|s| s.profile.clone()));
@@ -198,14 +212,29 @@ impl Server {
             )
         };
         // Each session has its own workspace and, as root, its own host uid: two sessions'
-        // sandboxes never share files or an identity.
+        // sandboxes never share files or an identity — unless a parent hands its own workspace
+        // (and so its identity) to a child it spawns, as the child's request asked.
         let operator_dir = paired.as_ref().and_then(|p| p.workspace);
-        let keep_workspace = operator_dir.is_some();
-        let workspace = match operator_dir {
+        let mut keep_workspace = operator_dir.is_some();
+        let mut workspace = match operator_dir {
             Some(w) => w.to_path_buf(),
             None => self.config.workspace_root.join(&id),
         };
-        let sandbox_id = self.config.sandbox_uid_base.saturating_add(offset);
+        let mut sandbox_id = self.config.sandbox_uid_base.saturating_add(offset);
+        let mut workspace_read_only = false;
+        if let Some(read_only) = share {
+            let st = self.state();
+            let Some(p) = parent.and_then(|p| st.sessions.get(p)) else {
+                return Err(ApiError::bad(
+                    "workspace \"parent_ro\" or \"parent_rw\" is for a child session: send the parent's token",
+                ));
+            };
+            workspace = p.workspace.clone();
+            sandbox_id = p.sandbox_id;
+            keep_workspace = true;
+            // A child of a read-only child is read-only too.
+            workspace_read_only = read_only || p.workspace_read_only;
+        }
         if !keep_workspace {
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new()
@@ -231,7 +260,7 @@ impl Server {
             expires_at,
             running: 0,
             keep_workspace,
-            workspace_read_only: false,
+            workspace_read_only,
             label,
             pairing_code: code,
             counts: JobCounts::default(),
@@ -246,6 +275,11 @@ impl Server {
             "profile": profile,
             "workspace": workspace,
             "spawned_by": parent,
+            "workspace_access": match (share.is_some(), workspace_read_only) {
+                (_, true) => "parent_ro",
+                (true, false) => "parent_rw",
+                (false, false) => "own",
+            },
         }))
     }
 

@@ -22,6 +22,17 @@ pub(super) struct SessionBody {
     /// An operator's one-time code (`execbox pair`): the session gets the profile and
     /// workspace the operator chose. Never logged.
     pairing_code: Option<String>,
+    /// A child session's workspace: its own (default), or its parent's, shared read-only or
+    /// read-write (`docs/sessions.md`).
+    workspace: Option<WorkspaceChoice>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum WorkspaceChoice {
+    Own,
+    ParentRo,
+    ParentRw,
 }
 
 pub(super) async fn create_session(
@@ -36,7 +47,7 @@ pub(super) async fn create_session(
     };
     let body: SessionBody = read_json(srv, req, true).await?.unwrap_or_default();
     if let Some(code) = body.pairing_code {
-        if parent.is_some() || body.profile.is_some() {
+        if parent.is_some() || body.profile.is_some() || body.workspace.is_some() {
             return Err(ApiError::bad(
                 "a pairing code creates a root session with the profile the operator chose: send it alone, without a token or a profile",
             ));
@@ -61,7 +72,12 @@ pub(super) async fn create_session(
     if approved {
         approve_profile_bind(srv, peer, &wanted).await?;
     }
-    let created = srv.create_session(peer, parent.as_deref(), body.profile, approved)?;
+    let share = match body.workspace {
+        None | Some(WorkspaceChoice::Own) => None,
+        Some(WorkspaceChoice::ParentRo) => Some(true),
+        Some(WorkspaceChoice::ParentRw) => Some(false),
+    };
+    let created = srv.create_session(peer, parent.as_deref(), body.profile, approved, share)?;
     let id = created["session"].as_str().unwrap_or_default().to_string();
     let recorded = srv
         .record(Event::SessionCreate {
@@ -73,7 +89,11 @@ pub(super) async fn create_session(
         .await;
     if let Err(e) = recorded {
         // Nobody has the token yet: the unrecorded session never existed.
-        let ws = srv.state().remove_session(&id).map(|s| s.workspace);
+        let ws = srv
+            .state()
+            .remove_session(&id)
+            .filter(|s| !s.keep_workspace)
+            .map(|s| s.workspace);
         if let Some(ws) = ws {
             let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(ws)).await;
         }

@@ -38,6 +38,9 @@ pub struct JobRequest {
     pub limits: WireLimits,
     pub sandbox_id: u32,
     pub has_stdin: bool,
+    /// The session has its parent's workspace read-only.
+    #[serde(default)]
+    pub workspace_read_only: bool,
 }
 
 /// [`Limits`] on the wire.
@@ -581,7 +584,10 @@ fn supervise(
         workspace: req.workspace,
         cwd: req.cwd,
         env: req.env,
-        sandbox: sandbox_profile.clone(),
+        sandbox: crate::profile::SandboxProfile {
+            workspace_read_only: req.workspace_read_only,
+            ..sandbox_profile.clone()
+        },
         limits: req.limits.into(),
         cgroup_parent: ctx.cgroup_parent.clone(),
         sandbox_id: req.sandbox_id,

@@ -410,3 +410,86 @@ fn a_session_reaches_only_its_own_workspace_and_only_with_its_token() {
     assert_eq!(l["entries"].as_array().unwrap().len(), 50);
     assert_eq!(l["truncated"], true);
 }
+
+/// A child session of `parent` with `{"workspace": access}`; returns it and the reply.
+fn child(d: &Daemon, parent: &Session, access: &str) -> (Session, Value) {
+    let (status, v) = d.json(
+        "POST",
+        "/v1/sessions",
+        Some(&parent.token),
+        Some(&json!({"workspace": access})),
+    );
+    assert_eq!(status, 201, "{v}");
+    let s = Session {
+        token: v["token"].as_str().unwrap().into(),
+        workspace: v["workspace"].as_str().unwrap().into(),
+    };
+    (s, v)
+}
+
+const TRY_WRITE: &str =
+    "cat shared.txt; if echo x > written.txt 2>/dev/null; then echo WROTE; else echo REFUSED; fi";
+
+#[test]
+fn a_child_gets_its_parents_workspace_read_write_or_read_only_when_it_asks() {
+    let d = start();
+    let parent = session(&d);
+    assert_eq!(put(&d, &parent, "shared.txt", b"from parent\n").0, 201);
+
+    // Read-write: the same directory, both ways, jobs and the API alike.
+    let (rw, v) = child(&d, &parent, "parent_rw");
+    assert_eq!(v["workspace_access"], "parent_rw");
+    assert_eq!(rw.workspace, parent.workspace);
+    assert_eq!(run(&d, &rw, TRY_WRITE), "from parent\nWROTE\n");
+    assert_eq!(put(&d, &rw, "up.txt", b"child's").0, 201);
+    assert_eq!(get(&d, &parent, "up.txt"), (200, b"child's".to_vec()));
+    assert_eq!(get(&d, &parent, "written.txt"), (200, b"x\n".to_vec()));
+
+    // Read-only: reads work, every write is refused, by the mount and by the API.
+    let (ro, v) = child(&d, &parent, "parent_ro");
+    assert_eq!(v["workspace_access"], "parent_ro");
+    assert_eq!(
+        run(&d, &ro, "rm -f written.txt 2>/dev/null; ls written.txt"),
+        "written.txt\n"
+    );
+    assert_eq!(run(&d, &ro, TRY_WRITE), "from parent\nREFUSED\n");
+    assert_eq!(get(&d, &ro, "shared.txt"), (200, b"from parent\n".to_vec()));
+    let (status, v) = put(&d, &ro, "evil.txt", b"x");
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (403, Some("read_only"))
+    );
+    let (status, _) = d.json("DELETE", "/v1/files/shared.txt", Some(&ro.token), None);
+    assert_eq!(status, 403);
+    // Its own children cannot widen it.
+    let (grand, v) = child(&d, &ro, "parent_rw");
+    assert_eq!(v["workspace_access"], "parent_ro");
+    assert_eq!(run(&d, &grand, TRY_WRITE), "from parent\nREFUSED\n");
+
+    // The default is a workspace of its own.
+    let (own, v) = child(&d, &parent, "own");
+    assert_eq!(v["workspace_access"], "own");
+    assert_ne!(own.workspace, parent.workspace);
+    assert_eq!(get(&d, &own, "shared.txt").0, 404);
+
+    // Ending a sharing child leaves the parent's workspace in place.
+    let id = rw.token.split('.').next().unwrap().to_string();
+    let (status, v) = d.json(
+        "DELETE",
+        &format!("/v1/sessions/{id}"),
+        Some(&rw.token),
+        None,
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(get(&d, &parent, "shared.txt").0, 200);
+    assert!(parent.workspace.join("up.txt").exists());
+
+    // Sharing needs a parent.
+    let (status, v) = d.json(
+        "POST",
+        "/v1/sessions",
+        None,
+        Some(&json!({"workspace": "parent_rw"})),
+    );
+    assert_eq!(status, 400, "{v}");
+}

@@ -35,6 +35,7 @@ pub(super) async fn launch(
         env,
         limits,
         sandbox_id,
+        workspace_read_only,
         stdin,
         allow_degraded,
         guard,
@@ -132,6 +133,7 @@ pub(super) async fn launch(
         limits: wire_limits,
         sandbox_id,
         has_stdin: stdin.is_some(),
+        workspace_read_only,
     };
     let fds = JobFds {
         stdout: out_w.into(),

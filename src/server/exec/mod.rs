@@ -46,12 +46,17 @@ pub(super) async fn exec(
         ));
     }
     let body: ExecBody = read_required(srv, req).await?;
-    let (profile_name, workspace, sandbox_id) = {
+    let (profile_name, workspace, sandbox_id, workspace_read_only) = {
         let st = srv.state();
         let s = st.sessions.get(&caller).ok_or_else(|| {
             ApiError::unauthorized("the session has ended; fix: create a new one")
         })?;
-        (s.profile.clone(), s.workspace.clone(), s.sandbox_id)
+        (
+            s.profile.clone(),
+            s.workspace.clone(),
+            s.sandbox_id,
+            s.workspace_read_only,
+        )
     };
     let profile = srv
         .config
@@ -205,6 +210,7 @@ pub(super) async fn exec(
         env,
         limits,
         sandbox_id,
+        workspace_read_only,
         stdin,
         detach: match body.on_disconnect {
             Some(o) => o == OnDisconnect::Detach,
@@ -283,6 +289,8 @@ struct Prepared {
     env: Vec<(String, String)>,
     limits: crate::profile::Limits,
     sandbox_id: u32,
+    /// The session has its parent's workspace read-only.
+    workspace_read_only: bool,
     stdin: Option<Vec<u8>>,
     /// `on_disconnect = "detach"`: the job outlives its client and its output is retained.
     detach: bool,
