@@ -9,6 +9,8 @@
 //! Not guaranteed: what a program does with its own data (a Python script's `shutil.rmtree`),
 //! symlinks, aliases defined outside the input. The sandbox is the second layer for those.
 
+pub mod corpus;
+pub(crate) mod exec;
 pub mod model;
 pub mod parse;
 pub mod predicates;

@@ -53,6 +53,18 @@ pub(crate) struct Walker {
     pub(crate) cwd: Option<String>,
     /// Names of the functions whose bodies are being walked.
     functions: Vec<String>,
+    /// What earlier commands of the same input set up (variables, aliases, renamed programs,
+    /// files written from literals): `exec.rs`.
+    pub(crate) state: super::exec::State,
+    /// Inside a guess (an argv suffix of an unknown program, an option value that may be
+    /// code): a parse error there is not the input's, so it does not fail closed.
+    pub(crate) speculative: usize,
+    /// Inside a subshell, a pipeline stage, a loop, a branch, a function body or the right
+    /// side of `&&`/`||`: an assignment here may not happen, or may not persist.
+    pub(crate) conditional: usize,
+    /// Whether unknown programs' argv suffixes are judged (off while judging one: the outer
+    /// command already enumerates every suffix).
+    pub(crate) suffixes: bool,
 }
 
 /// Analyses a shell string as `bash -c` would run it.
@@ -89,6 +101,10 @@ impl Walker {
             exhausted: false,
             cwd: Some(String::new()),
             functions: Vec::new(),
+            state: Default::default(),
+            speculative: 0,
+            conditional: 0,
+            suffixes: true,
         }
     }
 
@@ -97,6 +113,9 @@ impl Walker {
     }
 
     pub(crate) fn fail(&mut self, code: &'static str, detail: String) {
+        if self.speculative > 0 && code == "parse-error" {
+            return;
+        }
         if self.out.fail_closed.len() < 32 {
             self.out.fail_closed.push(FailClosed { code, detail });
         }
@@ -162,10 +181,12 @@ impl Walker {
 
     fn and_or(&mut self, list: &ast::AndOrList, depth: usize, via: &[String]) -> Vec<usize> {
         let mut direct = self.pipeline(&list.first, depth, via);
+        self.conditional += 1;
         for next in &list.additional {
             let (ast::AndOr::And(p) | ast::AndOr::Or(p)) = next;
             direct.extend(self.pipeline(p, depth, via));
         }
+        self.conditional -= 1;
         direct
     }
 
@@ -176,10 +197,12 @@ impl Walker {
         // Every stage runs in its own subshell: a `cd` inside one does not persist.
         let saved = self.cwd.clone();
         let mut stages: Vec<Vec<usize>> = Vec::with_capacity(p.seq.len());
+        self.conditional += 1;
         for c in &p.seq {
             stages.push(self.command(c, depth, via));
             self.cwd = saved.clone();
         }
+        self.conditional -= 1;
         if stages.len() > MAX_STAGES {
             self.fail(
                 "too-complex",
@@ -233,6 +256,14 @@ impl Walker {
             };
             if let Some(output) = &output {
                 for &j in stage {
+                    if self.out.commands[j].program == "tee" {
+                        let files: Vec<Word> = self.out.commands[j].args.clone();
+                        for f in files.iter().filter(|a| !a.text.starts_with('-')) {
+                            self.state.write_file(f, Some(output));
+                        }
+                    }
+                }
+                for &j in stage {
                     let c = &mut self.out.commands[j];
                     let stdin_args = c
                         .args
@@ -249,9 +280,12 @@ impl Walker {
                 }
             }
             if i > 0
-                && stage
-                    .iter()
-                    .any(|&j| reads_code_from_stdin(&self.out.commands[j]))
+                && stage.iter().any(|&j| {
+                    let c = &self.out.commands[j];
+                    reads_code_from_stdin(c)
+                        || matches!(c.program.as_str(), "at" | "batch" | "source" | ".")
+                            && stdin_is_code(c)
+                })
             {
                 match output {
                     Some(code) => {
@@ -289,7 +323,9 @@ impl Walker {
             // The body is analysed where it is defined: calling it runs the same commands.
             ast::Command::Function(f) => {
                 self.functions.push(f.fname.value.clone());
+                self.conditional += 1;
                 let direct = self.compound(&f.body.0, depth, via);
+                self.conditional -= 1;
                 self.functions.pop();
                 if let Some(r) = &f.body.1 {
                     for r in &r.0 {
@@ -317,17 +353,52 @@ impl Walker {
             ast::ExtendedTestExpr::Not(a) | ast::ExtendedTestExpr::Parenthesized(a) => {
                 self.extended_test(a, depth, via)
             }
-            ast::ExtendedTestExpr::UnaryTest(_, w) => {
-                self.words(&w.value, depth, via);
+            ast::ExtendedTestExpr::UnaryTest(op, w) => {
+                let words = self.words(&w.value, depth, via);
+                // `[[ -v 'a[$(…)]' ]]` evaluates the subscript.
+                if matches!(op, ast::UnaryPredicate::ShellVariableIsSetAndAssigned) {
+                    for w in words {
+                        self.arithmetic(&w.text, depth, via);
+                    }
+                }
             }
-            ast::ExtendedTestExpr::BinaryTest(_, a, b) => {
-                self.words(&a.value, depth, via);
-                self.words(&b.value, depth, via);
+            ast::ExtendedTestExpr::BinaryTest(op, a, b) => {
+                let a = self.words(&a.value, depth, via);
+                let b = self.words(&b.value, depth, via);
+                // `-eq`, `-lt` …: both sides are arithmetic expressions.
+                use ast::BinaryPredicate as B;
+                if matches!(
+                    op,
+                    B::ArithmeticEqualTo
+                        | B::ArithmeticNotEqualTo
+                        | B::ArithmeticLessThan
+                        | B::ArithmeticLessThanOrEqualTo
+                        | B::ArithmeticGreaterThan
+                        | B::ArithmeticGreaterThanOrEqualTo
+                ) {
+                    for w in a.into_iter().chain(b) {
+                        self.arithmetic(&w.text, depth, via);
+                    }
+                }
             }
         }
     }
 
     fn compound(&mut self, c: &ast::CompoundCommand, depth: usize, via: &[String]) -> Vec<usize> {
+        // Only a `{ …; }` group runs its body once, in this shell.
+        let branch = !matches!(c, ast::CompoundCommand::BraceGroup(_));
+        self.conditional += usize::from(branch);
+        let direct = self.compound_body(c, depth, via);
+        self.conditional -= usize::from(branch);
+        direct
+    }
+
+    fn compound_body(
+        &mut self,
+        c: &ast::CompoundCommand,
+        depth: usize,
+        via: &[String],
+    ) -> Vec<usize> {
         use ast::CompoundCommand as C;
         match c {
             C::Arithmetic(a) => {
@@ -351,9 +422,15 @@ impl Walker {
                 direct
             }
             C::ForClause(f) => {
+                let mut first: Option<Word> = None;
                 for w in f.values.iter().flatten() {
-                    self.words(&w.value, depth, via);
+                    let ws = self.words(&w.value, depth, via);
+                    if first.is_none() {
+                        first = ws.into_iter().next();
+                    }
                 }
+                self.state.assign(&f.variable_name, None);
+                let _ = first;
                 self.compound_list(&f.body.list, depth, via)
             }
             C::CaseClause(c) => {
@@ -390,7 +467,7 @@ impl Walker {
     }
 
     /// `$(( … ))` may hold command substitutions; anything else in it is arithmetic.
-    fn arithmetic(&mut self, expr: &str, depth: usize, via: &[String]) {
+    pub(crate) fn arithmetic(&mut self, expr: &str, depth: usize, via: &[String]) {
         if expr.contains("$(") || expr.contains('`') {
             self.words(&format!("\"{}\"", expr.replace('"', "\\\"")), depth, via);
         }
@@ -420,7 +497,15 @@ impl Walker {
             }
             match item {
                 ast::CommandPrefixOrSuffixItem::IoRedirect(r) => {
+                    let read_write = matches!(
+                        r,
+                        ast::IoRedirect::File(_, ast::IoFileRedirectKind::ReadAndWrite, _)
+                    );
                     if let Some(r) = self.redirect(r, depth, via, Some(&mut procsubs)) {
+                        // `1<> /dev/sda` opens the file for writing too.
+                        if let (true, Redirect::Read(w)) = (read_write, &r) {
+                            redirects.push(Redirect::Write(w.clone()));
+                        }
                         redirects.push(r);
                     }
                 }
@@ -451,15 +536,56 @@ impl Walker {
         for (name, value) in &assignments {
             self.code_env(name, value, depth, via);
         }
+        if words.is_empty() {
+            for (name, value) in &assignments {
+                let value = (self.conditional == 0).then_some(value);
+                self.state.assign(name, value);
+                let Some(value) = value else { continue };
+                // `x='a[$(…)]'` runs the substitution when `x` is used in arithmetic.
+                if !value.dynamic && value.text.contains('[') {
+                    self.arithmetic(&value.text, depth, via);
+                }
+            }
+        }
         if let Some(detail) = program_fail {
             self.fail("non-literal-program", detail);
+            // `x=rm; $x -rf /`: also judge the command the known value forms.
+            if let Some((program, args)) = words.split_first()
+                && !program.dynamic
+                && !program.glob
+                && !program.text.is_empty()
+            {
+                let mut cmd = SimpleCommand::from_argv(program, args.to_vec());
+                cmd.redirects = redirects;
+                cmd.cwd = self.cwd.clone();
+                cmd.via = via.to_vec();
+                cmd.via.push("value of an expansion".into());
+                return self.emit(cmd, depth + 1);
+            }
             return Vec::new();
+        }
+        // A bare redirection (`> ~/.bashrc`, `1<> /dev/sda`) truncates or opens like `:` would.
+        if words.is_empty() && !redirects.is_empty() {
+            words.push(Word::literal(":"));
         }
         let Some((program, args)) = words.split_first() else {
             return Vec::new();
         };
         if program.text.is_empty() {
             return Vec::new();
+        }
+        // `c='rm -rf /'; $c`: an unquoted value is split into words (a quoted one with spaces
+        // names no program, so splitting it only adds a guess).
+        let mut direct = Vec::new();
+        if program.text.contains([' ', '\t', '\n']) && program.text.len() < 4096 {
+            let mut argv: Vec<Word> = program.text.split_whitespace().map(Word::literal).collect();
+            argv.extend(args.iter().cloned());
+            let mut split = SimpleCommand::from_argv(&argv[0], argv[1..].to_vec());
+            split.redirects = redirects.clone();
+            split.cwd = self.cwd.clone();
+            split.via = via.to_vec();
+            split.via.push("word splitting".into());
+            direct.extend(self.emit(split, depth + 1));
         }
         let mut cmd = SimpleCommand::from_argv(program, args.to_vec());
         // What substitutions print flows into this command like a pipe would.
@@ -485,10 +611,21 @@ impl Walker {
                     c.stdout_to.push(cmd.program.clone());
                     c.substituted_into.push(cmd.program.clone());
                 }
+                // `bash <(echo 'rm -rf /')`: literal output run as code.
+                let literal = sub
+                    .iter()
+                    .find_map(|&j| literal_output(&self.out.commands[j]));
+                if let Some(code) = literal {
+                    let mut v = via.to_vec();
+                    v.push(format!("<(…) run by {}", cmd.program));
+                    self.shell(&code, depth + 1, &v);
+                }
             }
         }
         self.track_cd(&cmd);
-        self.emit(cmd, depth)
+        direct.extend(self.before_emit(&mut cmd, depth, via));
+        direct.extend(self.emit(cmd, depth));
+        direct
     }
 
     /// `<(…)`/`>(…)`: its commands run in a subshell; the command sees a `/dev/fd` path.
@@ -501,7 +638,9 @@ impl Walker {
         let saved = self.cwd.clone();
         let mut v = via.to_vec();
         v.push("<(…)".into());
+        self.conditional += 1;
         let direct = self.compound_list(&sub.list, depth + 1, &v);
+        self.conditional -= 1;
         self.cwd = saved;
         (direct, Word::opaque("/dev/fd/63"))
     }
@@ -519,6 +658,11 @@ impl Walker {
         match resolved.first() {
             Some(w) if w.dynamic || w.glob => {
                 *fail = Some(format!("program name `{raw}` is not a literal"));
+            }
+            // `x=rm; $x …`: the value is known, but a program named through an expansion is
+            // still approved by a human; the resolved command is judged too (below).
+            Some(_) if has_expansion(raw) => {
+                *fail = Some(format!("program name `{raw}` comes from an expansion"));
             }
             Some(_) if resolved.len() > 1 => {
                 *fail = Some(format!("brace expansion `{raw}` forms the program name"));
@@ -732,11 +876,23 @@ impl Walker {
                     let saved = self.cwd.clone();
                     let mut v = via.to_vec();
                     v.push("$(…)".into());
+                    self.conditional += 1;
                     let direct = self.shell(&code, depth + 1, &v);
+                    self.conditional -= 1;
                     self.cwd = saved;
+                    // `$(echo +main)`, `$(printf /)`: the output is literal.
+                    let literal = match direct[..] {
+                        [j] => literal_output(&self.out.commands[j]),
+                        _ => None,
+                    };
                     st.from.extend(direct);
-                    st.text.push_str("$(…)");
-                    st.dynamic = true;
+                    match literal {
+                        Some(out) => st.text.push_str(out.trim_end_matches('\n')),
+                        None => {
+                            st.text.push_str("$(…)");
+                            st.dynamic = true;
+                        }
+                    }
                 }
                 WordPiece::EscapeSequence(s) => {
                     let rest = s.strip_prefix('\\').unwrap_or(s);
@@ -768,6 +924,34 @@ impl Walker {
                 "PWD" => return st.text.push('.'),
                 _ => {}
             }
+            // A value assigned earlier in the input, unconditionally and in this shell
+            // (`D=/dev/sda; dd of=$D`).
+            if let Some(v) = self.state.value(name) {
+                st.text.push_str(&v);
+                return;
+            }
+        }
+        if let ParameterExpr::Transform {
+            parameter: Parameter::Named(name),
+            op: brush_parser::word::ParameterTransformOp::PromptExpand,
+            ..
+        } = e
+        {
+            // `${x@P}` expands `$(…)` in the value as a prompt would.
+            match self.state.value(name) {
+                Some(v) => self.arithmetic(&v, depth, via),
+                None => self.fail(
+                    "dynamic-code",
+                    format!("${{{name}@P}} runs substitutions in a value not known here"),
+                ),
+            }
+        }
+        if let ParameterExpr::AssignDefaultValues {
+            parameter: Parameter::Named(name),
+            ..
+        } = e
+        {
+            self.state.assign(name, None);
         }
         // Default, alternative and pattern words are themselves expanded: walk them for
         // substitutions.
@@ -957,7 +1141,7 @@ pub fn stdin_is_code(c: &SimpleCommand) -> bool {
 
 /// The text a pipeline stage writes when it is plainly literal: `echo …`, `printf '…'`,
 /// `cat` of a heredoc or here-string.
-fn literal_output(c: &SimpleCommand) -> Option<String> {
+pub(crate) fn literal_output(c: &SimpleCommand) -> Option<String> {
     match c.program.as_str() {
         "echo" => {
             let args: Vec<&Word> = c
@@ -1127,6 +1311,16 @@ pub fn nesting_estimate(text: &str) -> usize {
     // Backquotes open and close with the same character; the count above treats each one as
     // an opener, which over-estimates by design.
     max
+}
+
+/// Whether a raw word contains a parameter, command or arithmetic expansion (not `$'…'` or
+/// `$"…"` quoting).
+fn has_expansion(raw: &str) -> bool {
+    raw.contains('`')
+        || raw
+            .as_bytes()
+            .windows(2)
+            .any(|w| w[0] == b'$' && !matches!(w[1], b'\'' | b'"'))
 }
 
 fn has_brace_expansion(raw: &str) -> bool {

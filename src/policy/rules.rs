@@ -61,6 +61,9 @@ pub struct RawRule {
     /// At least one argument satisfies one of these predicates.
     #[serde(default)]
     pub args_any: Vec<String>,
+    /// No argument satisfies any of these predicates (`DELETE FROM t` without ` WHERE `).
+    #[serde(default)]
+    pub not_args_any: Vec<String>,
     /// At least one operand other than the last (the sources of `cp`/`scp`/`rsync`) satisfies
     /// one of these predicates.
     #[serde(default)]
@@ -124,6 +127,7 @@ pub struct Rule {
     any_flag: Vec<Flag>,
     no_flag: Vec<Flag>,
     args_any: Vec<Predicate>,
+    not_args_any: Vec<Predicate>,
     sources_any: Vec<Predicate>,
     skip_values_of: Vec<String>,
     writes_any: Vec<Predicate>,
@@ -360,7 +364,7 @@ fn value_options(program: &str) -> &'static [&'static str] {
             "-d",
             "--dbname",
         ],
-        "mysql" => &[
+        "mysql" | "mysqladmin" | "mariadb" | "mariadb-admin" => &[
             "-h",
             "--host",
             "-P",
@@ -522,6 +526,7 @@ impl Rule {
             any_flag,
             no_flag,
             args_any: predicates(&raw.args_any, "args_any")?,
+            not_args_any: predicates(&raw.not_args_any, "not_args_any")?,
             sources_any: predicates(&raw.sources_any, "sources_any")?,
             skip_values_of: raw.skip_values_of,
             writes_any: predicates(&raw.writes_any, "writes_any")?,
@@ -605,6 +610,9 @@ impl Rule {
                 &mut judged_args(&cmd.args, &self.skip_values_of),
             )
         {
+            return false;
+        }
+        if !self.not_args_any.is_empty() && test_any(&self.not_args_any, &mut cmd.args.iter()) {
             return false;
         }
         if !self.sources_any.is_empty() {

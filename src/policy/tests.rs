@@ -97,6 +97,9 @@ fn rejects_non_literal_program_names() {
         "/bin/r[m] -rf /",
         "{rm,-rf,/tmp/x}",
         "x=rm; $x -rf /",
+        "[ -n \"$A\" ] && x=rm; $x -rf /",
+        "(x=ls); $x -rf /",
+        "f() { x=ls; }; $x -rf /",
     ] {
         let d = check(cmd);
         assert_ne!(d.verdict, Verdict::Allow, "{cmd}");
@@ -433,4 +436,33 @@ fn read_only_forms_are_allowed_and_their_changing_forms_stay_flagged() {
         );
         assert_ne!(check(flagged).verdict, Verdict::Allow, "{flagged}");
     }
+}
+
+#[test]
+fn variables_assigned_unconditionally_in_the_input_are_resolved() {
+    // A program named through a variable still needs approval; its known value is judged too.
+    assert_eq!(check("x=echo; $x hi").verdict, Verdict::Approve);
+    let d = check("x=rm; $x -rf /");
+    assert_eq!(
+        (d.verdict, d.rule.as_deref()),
+        (Verdict::Deny, Some("rm-root-home-workspace"))
+    );
+    assert_eq!(
+        check("D=/dev/sda; dd if=/dev/zero of=$D").verdict,
+        Verdict::Deny
+    );
+    assert_eq!(check("D=build; rm -rf \"$D\"").verdict, Verdict::Allow);
+    // Reassigned where it may not take effect: unknown again.
+    assert_eq!(
+        check("D=build; [ -n \"$X\" ] && D=/; rm -rf $D").verdict,
+        Verdict::Approve
+    );
+    assert_eq!(
+        check("D=build; for D in a; do :; done; rm -rf $D").verdict,
+        Verdict::Approve
+    );
+    assert_eq!(
+        check("D=build; read D; rm -rf $D").verdict,
+        Verdict::Approve
+    );
 }

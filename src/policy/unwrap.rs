@@ -115,6 +115,38 @@ fn wrapper_spec(program: &str) -> Option<Spec> {
     })
 }
 
+/// Programs whose code-running arguments are followed by name above (the generic argv model
+/// of `exec.rs` does not guess for them).
+const HANDLED: &[&str] = &[
+    "su",
+    "eval",
+    "alias",
+    "script",
+    "find",
+    "parallel",
+    "watch",
+    "git",
+    "rg",
+    "sort",
+    "tar",
+    "bsdtar",
+    "gtar",
+    "awk",
+    "gawk",
+    "mawk",
+    "nawk",
+    "source",
+    ".",
+    "at",
+    "batch",
+    "pwsh",
+    "powershell",
+    "nu",
+    "cmd",
+    "cmd.exe",
+    "ssh",
+];
+
 /// Environment variables whose value a program later runs as shell code.
 const CODE_ENV: &[&str] = &[
     "GIT_SSH_COMMAND",
@@ -132,6 +164,13 @@ const CODE_ENV: &[&str] = &[
     "PROMPT_COMMAND",
     "MANPAGER",
     "SYSTEMD_PAGER",
+    "GIT_PROXY_COMMAND",
+    "RSYNC_RSH",
+    "RSYNC_CONNECT_PROG",
+    "SUDO_ASKPASS",
+    "CVS_RSH",
+    "FCEDIT",
+    "BROWSER",
 ];
 /// Environment variables that inject code into whatever runs next; not analysable.
 const INJECT_ENV: &[&str] = &[
@@ -141,6 +180,22 @@ const INJECT_ENV: &[&str] = &[
     "ENV",
     "PERL5OPT",
     "NODE_OPTIONS",
+    "SHELLOPTS",
+    "BASHOPTS",
+    "GIT_CONFIG_PARAMETERS",
+    "GIT_CONFIG_COUNT",
+    "GIT_CONFIG",
+    "GIT_CONFIG_GLOBAL",
+    "GIT_CONFIG_SYSTEM",
+    "GIT_EXEC_PATH",
+    "GIT_TEMPLATE_DIR",
+    "TAR_OPTIONS",
+    "JAVA_TOOL_OPTIONS",
+    "_JAVA_OPTIONS",
+    "JDK_JAVA_OPTIONS",
+    "RUBYOPT",
+    "GCONV_PATH",
+    "PERL5DB",
 ];
 
 /// Whether a `NODE_OPTIONS` value makes node load a module (`-r`, `--require`, `--import`,
@@ -179,6 +234,41 @@ const GIT_CODE_KEYS: &[&str] = &[
     "core.hookspath",
     "protocol.ext.allow",
 ];
+
+/// Whether a git configuration key (lower case) names a command git runs: the fixed keys
+/// above and the per-name families (`filter.*.clean`, `diff.*.textconv`, `pager.*` …).
+pub(crate) fn is_git_code_key(key: &str) -> bool {
+    if GIT_CODE_KEYS.contains(&key) || key.starts_with("pager.") {
+        return true;
+    }
+    let parts: Vec<&str> = key.split('.').collect();
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    parts.len() >= 3
+        && matches!(
+            (first, last),
+            ("filter", "clean" | "smudge" | "process")
+                | ("diff", "textconv" | "command")
+                | ("merge", "driver")
+                | ("difftool" | "mergetool", "cmd" | "path")
+                | ("remote", "uploadpack" | "receivepack" | "vcs")
+                | ("gpg", "program")
+                | ("credential", "helper")
+                | ("browser" | "man", "cmd" | "path")
+                | ("includeif", "path")
+        )
+        || matches!(
+            key,
+            "core.alternaterefscommand"
+                | "core.gitproxy"
+                | "include.path"
+                | "init.templatedir"
+                | "web.browser"
+                | "sendemail.smtpserver"
+                | "sendemail.tocmd"
+                | "sendemail.cccmd"
+                | "core.worktree"
+        )
+}
 
 /// Interpreters and the options that take inline code.
 fn inline_code_options(program: &str) -> Option<(&'static [&'static str], char)> {
@@ -225,9 +315,36 @@ impl Walker {
             }
             return direct;
         }
+        let handled = HANDLED.contains(&program)
+            || super::parse::POSIX_LIKE_SHELLS.contains(&program)
+            || inline_code_options(program).is_some();
         match program {
-            "sh" | "bash" | "dash" | "zsh" | "ksh" | "mksh" | "ash" | "yash" | "fish" => {
+            p if super::parse::POSIX_LIKE_SHELLS.contains(&p) => {
                 direct.extend(self.nested_shell(&cmd, depth, &via));
+            }
+            "pwsh" | "powershell" | "nu" | "cmd" | "cmd.exe" => {
+                if cmd.args.iter().any(|a| {
+                    let t = a.text.to_ascii_lowercase();
+                    matches!(
+                        t.as_str(),
+                        "-c" | "-command" | "/c" | "-encodedcommand" | "-e"
+                    )
+                }) {
+                    self.fail(
+                        "dynamic-code",
+                        format!("{program} runs code in a language this policy does not parse"),
+                    );
+                }
+            }
+            "source" | "." => direct.extend(self.source_stdin(&cmd, depth, &via)),
+            "at" | "batch" => {
+                let here = cmd.redirects.iter().find_map(|r| match r {
+                    super::model::Redirect::Here(w) => Some(w.clone()),
+                    _ => None,
+                });
+                if let Some(code) = here {
+                    direct.extend(self.code(&code, depth, &via, "at"));
+                }
             }
             "su" => {
                 if let Some(code) = option_value(&cmd.args, &["-c", "--command"], "c") {
@@ -326,12 +443,37 @@ impl Walker {
                 }
             }
         }
+        direct.extend(self.exec_model(&cmd, depth, &via, handled));
         direct
     }
 
     /// Code in an environment assignment that a program will run (`GIT_SSH_COMMAND=…`).
     pub(crate) fn code_env(&mut self, name: &str, value: &Word, depth: usize, via: &[String]) {
-        if CODE_ENV.contains(&name) {
+        if super::exec::PROMPT_ENV.contains(&name) && name != "PROMPT_COMMAND" {
+            // Prompts (and `PS4` under `set -x`) expand `$(…)` when shown.
+            if value.dynamic {
+                self.fail(
+                    "dynamic-code",
+                    format!("{name} is expanded as a prompt and is not known here"),
+                );
+            } else {
+                self.arithmetic(&value.text, depth, via);
+            }
+        } else if let Some(f) = name.strip_prefix("BASH_FUNC_") {
+            // An exported function: `BASH_FUNC_f%%='() { …; }'`.
+            let body = Word {
+                text: value.text.trim_start().trim_start_matches("()").to_string(),
+                ..value.clone()
+            };
+            let mut v = via.to_vec();
+            v.push(format!("function {}", f.trim_end_matches('%')));
+            self.code(&body, depth, &v, name);
+        } else if name.starts_with("GIT_CONFIG_KEY_") || name.starts_with("GIT_CONFIG_VALUE_") {
+            self.fail(
+                "code-injecting-environment",
+                format!("{name} sets git configuration that may run commands"),
+            );
+        } else if CODE_ENV.contains(&name) {
             let mut v = via.to_vec();
             v.push(format!("{name}="));
             self.code(value, depth, &v, name);
@@ -346,7 +488,13 @@ impl Walker {
     }
 
     /// Analyses a code string; a dynamic one fails closed.
-    fn code(&mut self, code: &Word, depth: usize, via: &[String], what: &str) -> Vec<usize> {
+    pub(crate) fn code(
+        &mut self,
+        code: &Word,
+        depth: usize,
+        via: &[String],
+        what: &str,
+    ) -> Vec<usize> {
         if code.dynamic {
             // `sh -c "$(curl …)"`: the substitution's output is the code.
             let runner = via.last().cloned().unwrap_or_default();
@@ -366,10 +514,13 @@ impl Walker {
         }
         let mut v = via.to_vec();
         v.push(what.to_string());
-        self.shell(&code.text, depth + 1, &v)
+        let suffixes = std::mem::replace(&mut self.suffixes, true);
+        let direct = self.shell(&code.text, depth + 1, &v);
+        self.suffixes = suffixes;
+        direct
     }
 
-    fn emit_argv(
+    pub(crate) fn emit_argv(
         &mut self,
         outer: &SimpleCommand,
         argv: Vec<Word>,
@@ -671,6 +822,7 @@ impl Walker {
 
     fn git(&mut self, cmd: &SimpleCommand, depth: usize, via: &[String]) -> Vec<usize> {
         let mut direct = Vec::new();
+        let mut aliases: Vec<(String, Word)> = Vec::new();
         let mut i = 0;
         while i < cmd.args.len() {
             let t = cmd.args[i].text.as_str();
@@ -705,9 +857,35 @@ impl Walker {
                         ..setting.clone()
                     };
                     direct.extend(self.code(&w, depth, via, "git alias"));
-                } else if GIT_CODE_KEYS.contains(&key.as_str()) || key.starts_with("pager.") {
-                    direct.extend(self.code(&value_word, depth, via, &format!("git -c {key}")));
+                } else if let Some(alias) = key.strip_prefix("alias.") {
+                    aliases.push((alias.to_string(), value_word.clone()));
+                } else if is_git_code_key(&key) {
+                    let code = Word {
+                        text: value.trim_start_matches('!').to_string(),
+                        ..value_word
+                    };
+                    direct.extend(self.code(&code, depth, via, &format!("git -c {key}")));
                 }
+            }
+            // `--config-env=core.pager=VAR`: the value comes from the environment.
+            if let Some(spec) = t
+                .strip_prefix("--config-env=")
+                .map(str::to_string)
+                .or_else(|| {
+                    (t == "--config-env")
+                        .then(|| cmd.args.get(i + 1).map(|w| w.text.clone()))
+                        .flatten()
+                })
+                && let Some((key, _)) = spec.split_once('=')
+                && (is_git_code_key(&key.to_ascii_lowercase())
+                    || key.to_ascii_lowercase().starts_with("alias."))
+            {
+                self.fail(
+                    "dynamic-code",
+                    format!(
+                        "git --config-env sets {key}, which runs a command, from the environment"
+                    ),
+                );
             }
             if matches!(
                 t,
@@ -717,12 +895,30 @@ impl Walker {
             }
             i += 1;
         }
+        // `git -c alias.p='push --force' p`: the alias runs git with its words.
+        if let Some(sub) = cmd.args.get(i)
+            && let Some((_, value)) = aliases.iter().find(|(a, _)| *a == sub.text)
+            && !value.text.starts_with('!')
+        {
+            let mut argv = vec![Word::literal(cmd.program_path.clone())];
+            argv.extend(value.text.split_whitespace().map(Word::literal));
+            argv.extend(cmd.args[i + 1..].iter().cloned());
+            let mut v = via.to_vec();
+            v.push(format!("git alias {}", sub.text));
+            direct.extend(self.emit_argv(cmd, argv, depth, &v));
+        }
         direct
     }
 
     /// Shell commands embedded in interpreter code (`os.system("…")`, `` `…` ``,
     /// awk `system()`); a call whose argument is not a string literal fails closed.
-    fn interpreter_code(&mut self, code: &Word, awk: bool, depth: usize, via: &[String]) {
+    pub(crate) fn interpreter_code(
+        &mut self,
+        code: &Word,
+        awk: bool,
+        depth: usize,
+        via: &[String],
+    ) {
         if code.dynamic {
             self.fail(
                 "dynamic-code",
@@ -756,6 +952,8 @@ impl Walker {
             "execvp",
             "execl",
             "execlp",
+            "execute",
+            "spawn_async",
         ];
         let mut found_dynamic = false;
         let before = self.out.commands.len();
@@ -766,6 +964,26 @@ impl Walker {
                 .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
                 .map_or(0, |p| p + 1);
             let name = &text[name_start..pos];
+            // Tree and file deletion APIs: judged as the `rm` they amount to.
+            if let Some(recursive) = deletion_call(name) {
+                let mut argv = vec![Word::literal("rm"), Word::literal("-f")];
+                if recursive {
+                    argv.push(Word::literal("-r"));
+                }
+                let first = string_literals(&text[pos + 1..])
+                    .and_then(|a| a.into_iter().next())
+                    .or_else(|| first_string_literal(&text[pos + 1..]));
+                match first {
+                    Some(path) => argv.push(Word::literal(path)),
+                    _ if recursive => argv.push(Word::opaque("$…")),
+                    _ => continue,
+                }
+                let outer = SimpleCommand::from_argv(&Word::literal("interpreter"), Vec::new());
+                let mut dv = v.clone();
+                dv.push(format!("{name}(…)"));
+                self.emit_argv(&outer, argv, depth, &dv);
+                continue;
+            }
             if !calls.contains(&name) {
                 continue;
             }
@@ -821,6 +1039,30 @@ impl Walker {
                 "inline interpreter code runs a command that is not a string literal".into(),
             );
         }
+    }
+}
+
+/// The first argument of a call when it is a string literal followed by `,` or `)`
+/// (`"dist", {recursive: true})` → `dist`).
+fn first_string_literal(s: &str) -> Option<String> {
+    let s = s.trim_start();
+    let q = s.chars().next().filter(|c| matches!(c, '"' | '\''))?;
+    let rest = &s[1..];
+    let end = rest.find(q)?;
+    let lit = &rest[..end];
+    let after = rest[end + 1..].trim_start();
+    (!lit.contains('\\') && (after.starts_with(',') || after.starts_with(')')))
+        .then(|| lit.to_string())
+}
+
+/// Interpreter calls that delete files (`Some(false)`) or trees (`Some(true)`).
+fn deletion_call(name: &str) -> Option<bool> {
+    match name {
+        "rmtree" | "rmSync" | "rmdirSync" | "rm_rf" | "rm_r" | "remove_tree" | "removedirs"
+        | "rimraf" | "deleteRecursively" | "emptyDirSync" | "removeSync" | "remove_dir_all"
+        | "rmdir" | "rm" | "deleteDirectory" | "forceDelete" => Some(true),
+        "unlinkSync" | "unlink" | "remove" | "delete" | "remove_file" => Some(false),
+        _ => None,
     }
 }
 
@@ -946,6 +1188,8 @@ fn inline_code(args: &[Word], opts: &[&str], cluster: char) -> Option<Word> {
 fn is_assignment(t: &str) -> bool {
     match t.split_once('=') {
         Some((name, _)) => {
+            // `BASH_FUNC_f%%=…` is an exported function.
+            let name = name.strip_suffix("%%").unwrap_or(name);
             !name.is_empty()
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                 && !name.starts_with(|c: char| c.is_ascii_digit())

@@ -228,3 +228,22 @@ fn a_workspace_under_tmp_does_not_make_its_parent_deletable() {
         assert_eq!(check(fine), Some(0), "{fine}");
     }
 }
+
+/// The adversarial coverage corpus (`tests/corpus/coverage.tsv`, issue 17's classes and bash's
+/// manual): every dangerous line flagged, every ordinary line allowed. Per-class figures:
+/// `cargo xtask policy-report`.
+#[test]
+fn coverage_corpus_is_flagged_per_class_without_false_flags() {
+    let path = super::harness::source_path("tests/corpus/coverage.tsv");
+    let text = std::fs::read_to_string(&path).expect("coverage corpus exists");
+    let cases = execbox::policy::corpus::parse(&text).expect("corpus parses");
+    assert!(cases.len() >= 300, "corpus too small: {}", cases.len());
+    let report = execbox::policy::corpus::evaluate(&profile().policy, &cases, &ctx());
+    eprintln!("{}", report.table());
+    assert!(
+        report.wrong.is_empty(),
+        "{} wrong:\n{}",
+        report.wrong.len(),
+        report.wrong.join("\n")
+    );
+}

@@ -5,6 +5,7 @@
 //! - `bench`: the published latency/throughput comparison (see docs/benchmarks.md).
 //! - `load`: the fault and load tests at a larger scale (see docs/reliability.md).
 //! - `dist`: man pages and shell completions rendered from the clap definitions.
+//! - `policy-report`: the policy's per-class figures on the coverage corpus.
 //! - `deb`: the Debian package (`[package.metadata.deb]` in Cargo.toml, built with dpkg-deb).
 
 mod bench;
@@ -14,6 +15,7 @@ mod fuzz;
 mod install_smoke;
 mod load;
 mod package;
+mod policy_report;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,6 +32,7 @@ fn main() -> Result<()> {
         Some("dist") => package::dist().map(drop),
         Some("deb") => package::deb().map(drop),
         Some("deb-test") => install_smoke::run(),
+        Some("policy-report") => policy_report::run(),
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
@@ -39,7 +42,8 @@ fn main() -> Result<()> {
                  fuzz    cargo-fuzz targets (--target NAME|all, --secs N) or schemathesis (--api)\n  \
                  dist    man pages and shell completions into target/dist/\n  \
                  deb     the Debian package into target/debian/ (release build + dist + dpkg-deb)\n  \
-                 deb-test  build, install, doctor, smoke-test and purge the package (root; part of ci)"
+                 deb-test  build, install, doctor, smoke-test and purge the package (root; part of ci)\n  \
+                 policy-report  per-class recall and false flags on tests/corpus/coverage.tsv"
             );
             bail!("no task given")
         }
