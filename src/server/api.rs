@@ -394,6 +394,13 @@ pub(super) async fn read_json<T: for<'de> Deserialize<'de>>(
             "the body must be JSON; fix: send Content-Type: application/json",
         ));
     }
+    parse_body(&body).map(Some)
+}
+
+/// Parses a request body (a JSON object) strictly: what `docs/openapi.yaml` does not admit is
+/// refused, including `null` for a field that the spec does not let be null (see [`no_null`];
+/// a unit test walks the spec's request schemas through this function).
+pub(super) fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
     // Every request body is an object; serde would also read a struct from an array
     // (`[null]` as `{"profile": null}`), which the spec does not allow (found by schemathesis).
     if body.trim_ascii_start().first() != Some(&b'{') {
@@ -401,7 +408,7 @@ pub(super) async fn read_json<T: for<'de> Deserialize<'de>>(
             "invalid JSON: the body must be a JSON object",
         ));
     }
-    serde_json::from_slice(&body).map(Some).map_err(|e| {
+    serde_json::from_slice(body).map_err(|e| {
         let m = e.to_string();
         if m.contains("unknown field") {
             ApiError::new(StatusCode::BAD_REQUEST, "unknown_field", m)
@@ -409,6 +416,22 @@ pub(super) async fn read_json<T: for<'de> Deserialize<'de>>(
             ApiError::bad(format!("invalid JSON: {m}"))
         }
     })
+}
+
+/// `#[serde(default, deserialize_with = "no_null")]` on an optional field that the spec does
+/// not let be `null`: absent is `None`, `null` is refused. (serde reads `null` into an
+/// `Option` as absent; schemathesis found `"on_disconnect": null` accepted against the spec.)
+pub(super) fn no_null<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    match Option::<T>::deserialize(d)? {
+        Some(v) => Ok(Some(v)),
+        None => Err(serde::de::Error::custom(
+            "null is not allowed for this field; fix: leave the field out to get its default",
+        )),
+    }
 }
 
 /// A JSON body that must be present.
@@ -564,5 +587,159 @@ mod tests {
             }
         }
         assert!(seen >= 10, "the scan found only {seen} codes");
+    }
+
+    /// The request schemas of `docs/openapi.yaml` and the server's parsers agree on `null`:
+    /// for every property of every request body (nested objects too), `null` is accepted
+    /// exactly when the spec admits it. Walks the spec, so a new field or schema is checked
+    /// without touching this test (a schema without a parser here fails it).
+    #[test]
+    fn null_is_accepted_exactly_where_the_spec_admits_it() {
+        use serde_json::{Value, json};
+        let spec: Value = serde_norway::from_str(include_str!("../../docs/openapi.yaml")).unwrap();
+        let schemas = &spec["components"]["schemas"];
+        // Schema name -> the parser of its route, and a body with the required fields.
+        fn parses<T: for<'de> Deserialize<'de>>(v: &Value) -> bool {
+            parse_body::<T>(v.to_string().as_bytes()).is_ok()
+        }
+        type Parser = fn(&Value) -> bool;
+        let parser = |name: &str| -> (Parser, Value) {
+            match name {
+                "SessionRequest" => (parses::<sessions::SessionBody>, json!({})),
+                "ExecRequest" => (parses::<exec::ExecBody>, json!({"argv": ["true"]})),
+                "DecisionRequest" => (
+                    parses::<operator::DecisionBody>,
+                    json!({"decision": "deny"}),
+                ),
+                "PairingRequest" => (
+                    parses::<super::super::pairing::routes::IssueBody>,
+                    json!({}),
+                ),
+                other => panic!("request schema {other} has no parser in this test; add it"),
+            }
+        };
+        fn admits_null(s: &Value) -> bool {
+            let ty = &s["type"];
+            ty == "null"
+                || ty.as_array().is_some_and(|t| t.iter().any(|t| t == "null"))
+                || ["oneOf", "anyOf"].iter().any(|k| {
+                    s[k].as_array()
+                        .is_some_and(|alts| alts.iter().any(admits_null))
+                })
+        }
+        // Every property at `path` (nested objects recursively): (path, admits null).
+        fn fields(s: &Value, path: Vec<String>, out: &mut Vec<(Vec<String>, bool)>) {
+            let Some(props) = s["properties"].as_object() else {
+                return;
+            };
+            for (k, p) in props {
+                let mut at = path.clone();
+                at.push(k.clone());
+                out.push((at.clone(), admits_null(p)));
+                if p["type"] == "object" {
+                    fields(p, at, out);
+                }
+            }
+        }
+        let mut names = vec![];
+        for item in spec["paths"].as_object().unwrap().values() {
+            for op in item.as_object().unwrap().values() {
+                let r = &op["requestBody"]["content"]["application/json"]["schema"]["$ref"];
+                if let Some(r) = r.as_str() {
+                    names.push(r.trim_start_matches("#/components/schemas/").to_string());
+                }
+            }
+        }
+        assert!(names.len() >= 4, "found only {names:?}");
+        let mut checked = 0;
+        for name in names {
+            let (parses, base) = parser(&name);
+            assert!(parses(&base), "{name}: the base body {base} must parse");
+            assert!(!parses(&Value::Null), "{name}: a null body");
+            let mut list = vec![];
+            fields(&schemas[&name], vec![], &mut list);
+            for (path, nullable) in list {
+                let mut body = base.clone();
+                let mut at = &mut body;
+                for k in &path[..path.len() - 1] {
+                    at = at
+                        .as_object_mut()
+                        .unwrap()
+                        .entry(k.clone())
+                        .or_insert(json!({}));
+                }
+                at[path.last().unwrap()] = Value::Null;
+                assert_eq!(
+                    parses(&body),
+                    nullable,
+                    "{name}.{}: the spec {} null, the server {} it (body {body})",
+                    path.join("."),
+                    if nullable { "admits" } else { "does not admit" },
+                    if nullable { "refuses" } else { "accepts" },
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 20, "checked only {checked} fields");
+    }
+
+    /// `PairingRequest.label`'s pattern in `docs/openapi.yaml` refuses exactly the characters
+    /// the server refuses in a label (`audit::tail::dangerous`), for every code point: the
+    /// fuzzer's "schema-valid request rejected" found U+00AD once the server's rule grew.
+    #[test]
+    fn the_label_pattern_is_the_servers_label_rule() {
+        let spec: serde_json::Value =
+            serde_norway::from_str(include_str!("../../docs/openapi.yaml")).unwrap();
+        let pattern =
+            spec["components"]["schemas"]["PairingRequest"]["properties"]["label"]["pattern"]
+                .as_str()
+                .unwrap()
+                .to_string();
+        let class = pattern
+            .strip_prefix("^[^")
+            .and_then(|p| p.strip_suffix("]*$"))
+            .expect("the label pattern is ^[^…]*$");
+        // The class's items: \xHH, \uHHHH or a literal character; `a-b` is a range.
+        let mut chars = class.chars().peekable();
+        let item = |chars: &mut std::iter::Peekable<std::str::Chars>| -> u32 {
+            let c = chars.next().unwrap();
+            if c != '\\' {
+                return c as u32;
+            }
+            let n = match chars.next().unwrap() {
+                'x' => 2,
+                'u' => 4,
+                e => panic!("unexpected escape \\{e} in the label pattern"),
+            };
+            let hex: String = (0..n).map(|_| chars.next().unwrap()).collect();
+            u32::from_str_radix(&hex, 16).unwrap()
+        };
+        let mut ranges = vec![];
+        while chars.peek().is_some() {
+            let a = item(&mut chars);
+            let b = if chars.peek() == Some(&'-') {
+                chars.next();
+                item(&mut chars)
+            } else {
+                a
+            };
+            ranges.push(a..=b);
+        }
+        let mut differ = vec![];
+        for cp in 0..=0x10FFFFu32 {
+            let Some(c) = char::from_u32(cp) else {
+                continue;
+            };
+            let refused_by_spec = ranges.iter().any(|r| r.contains(&cp));
+            if refused_by_spec != crate::audit::tail::dangerous(c) {
+                differ.push(format!("U+{cp:04X}"));
+            }
+        }
+        assert!(
+            differ.is_empty(),
+            "docs/openapi.yaml PairingRequest.label and audit::tail::dangerous disagree on {} code points: {:?}",
+            differ.len(),
+            &differ[..differ.len().min(20)]
+        );
     }
 }

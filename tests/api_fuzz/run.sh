@@ -9,13 +9,37 @@
 # socat's SO_PEERCRED, i.e. the user running this script, which is in the allowlist; the
 # bridge lives only as long as this script.
 #
-# Env: EXECBOX_BIN (default target/debug/execbox), API_FUZZ_SECS (default 60, per socket),
-# API_FUZZ_VENV (default target/api-fuzz/venv, with schemathesis; .ci/run creates it).
+# Two modes (docs/fuzzing.md):
+# - deterministic (the default, and CI's): the same cases on every machine and every run, so the
+#   stage fails for a real reason every time or not at all: a fixed seed, schemathesis's
+#   `--generation-deterministic`, no example database, PYTHONHASHSEED=0, a fixed number of
+#   examples per operation and no time budget (a time budget makes the case count depend on the
+#   machine's speed). The summary's case counts are the same from run to run.
+# - explore (API_FUZZ_SECS set): a time budget per socket and a random seed, printed so that a
+#   failure can be replayed with API_FUZZ_SEED.
+#
+# Env: EXECBOX_BIN (default target/debug/execbox), API_FUZZ_EXAMPLES (deterministic: examples
+# per operation, default 25), API_FUZZ_SECS (explore: seconds per socket), API_FUZZ_SEED
+# (default 8 when deterministic, random when exploring), API_FUZZ_VENV (default
+# target/api-fuzz/venv, with schemathesis; .ci/run creates it).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bin=${EXECBOX_BIN:-$root/target/debug/execbox}
 venv=${API_FUZZ_VENV:-$root/target/api-fuzz/venv}
-secs=${API_FUZZ_SECS:-60}
+secs=${API_FUZZ_SECS:-}
+examples=${API_FUZZ_EXAMPLES:-25}
+# Python's str hashes (set and dict-of-set order inside the generators) are the same every run.
+export PYTHONHASHSEED=0
+if [ -z "$secs" ]; then
+    seed=${API_FUZZ_SEED:-8}
+    # (`--generation-deterministic` implies no example database.)
+    mode_args=(--generation-deterministic --max-examples "$examples")
+    echo "api-fuzz: deterministic: seed $seed, $examples examples per operation, no example database"
+else
+    seed=${API_FUZZ_SEED:-$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}
+    mode_args=(--max-time "$secs" --generation-database none)
+    echo "api-fuzz: exploring for ${secs}s per socket with seed $seed (replay: API_FUZZ_SEED=$seed API_FUZZ_SECS=$secs)"
+fi
 
 if [ ! -x "$venv/bin/st" ]; then
     echo "api-fuzz: no schemathesis in $venv; create it with:" >&2
@@ -94,12 +118,18 @@ token=$(curl -sf --unix-socket "$dir/agent.sock" -X POST http://x/v1/sessions \
 "$venv/bin/python" "$root/tests/api_fuzz/split_spec.py" "$root/docs/openapi.yaml" "$dir"
 
 status=0
+# `Connection: close` on every request: a fresh connection each time. With pooled connections,
+# a reply the daemon sends without reading the body (a 401 before a large body, a 413) ends that
+# connection, and whether the client saw the close before reusing it was a race that failed
+# runs at random ("Remote end closed connection without response").
 run_st() { # SPEC PORT [extra args]
     local spec=$1 port=$2
     shift 2
     (cd "$dir" && "$venv/bin/st" run "$spec" --url "http://127.0.0.1:$port" \
-        --checks all --max-time "$secs" --request-timeout 10 --workers 1 \
-        --seed 8 --no-color --suppress-health-check too_slow \
+        --checks all --request-timeout 10 --workers 1 \
+        --seed "$seed" "${mode_args[@]}" \
+        --no-color --suppress-health-check too_slow \
+        -H "Connection: close" \
         "$@") || status=1
 }
 run_st "$dir/agent.yaml" "$agent_port" -H "Authorization: Bearer $token"

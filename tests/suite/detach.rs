@@ -272,6 +272,13 @@ fn the_config_default_detaches_and_bad_values_are_refused() {
         json!({"argv": ["/bin/true"], "on_disconnect": "linger"}),
     );
     assert_eq!(status, 400, "{e:?}");
+    // `null` is not in the spec's enum (schemathesis, issue 22 item 0): refused, naming the fix.
+    let (status, e) = d.exec(
+        &token,
+        json!({"argv": ["/bin/true"], "on_disconnect": null}),
+    );
+    assert_eq!(status, 400, "{e:?}");
+    assert!(format!("{e:?}").contains("leave the field out"), "{e:?}");
     let (status, _, raw) = http(
         &d.agent(),
         "GET",

@@ -16,8 +16,9 @@ use crate::{project_root, run_cmd};
 pub const CI_SECS: u64 = 20;
 /// Seconds per target by default (long runs: `--secs`).
 const DEFAULT_SECS: u64 = 60;
-/// Seconds of schemathesis per socket in `cargo xtask ci` (`--api --secs` for long runs).
-pub const CI_API_SECS: u64 = 45;
+/// schemathesis examples per API operation in the deterministic run (`cargo xtask ci` and
+/// `--api` without `--secs`): about 90 s for both sockets.
+pub const API_EXAMPLES: u64 = 100;
 
 /// How cargo-fuzz is told to build: AddressSanitizer (cargo-fuzz's default) works with
 /// `RUSTC_BOOTSTRAP=1` on this toolchain, so it stays on: a memory error in a dependency's
@@ -45,7 +46,7 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     }
     if api {
-        return api_fuzz(secs.unwrap_or(600));
+        return api_fuzz(secs);
     }
     let secs = secs.unwrap_or(DEFAULT_SECS);
     let targets = match target.as_str() {
@@ -64,7 +65,9 @@ pub fn run(args: &[String]) -> Result<()> {
 const USAGE: &str = "usage: cargo xtask fuzz [--target NAME|all] [--secs N] [--api]\n\n  \
     --target  one cargo-fuzz target (fuzz/fuzz_targets/NAME.rs) or all (default)\n  \
     --secs    seconds per target (default 60; CI runs 20)\n  \
-    --api     schemathesis against a live daemon instead (default 600 s)";
+    --api     schemathesis against a live daemon instead: deterministic (fixed seed and\n              \
+              cases, what CI runs), or with --secs N an exploration of N s per socket with a\n              \
+              random seed (printed; replay with API_FUZZ_SEED)";
 
 /// Every target, short, one after the other: what `cargo xtask ci` runs.
 pub fn ci() -> Result<()> {
@@ -151,17 +154,22 @@ fn ensure_cargo_fuzz() -> Result<()> {
     Ok(())
 }
 
-/// schemathesis against `docs/openapi.yaml` and a live `execbox serve` (tests/api_fuzz/).
-pub fn api_fuzz(secs: u64) -> Result<()> {
+/// schemathesis against `docs/openapi.yaml` and a live `execbox serve` (tests/api_fuzz/):
+/// deterministic (the same cases on every machine) without `secs`, an exploration of `secs`
+/// per socket with a random seed with it.
+pub fn api_fuzz(secs: Option<u64>) -> Result<()> {
     let script = project_root().join("tests/api_fuzz/run.sh");
     if !Path::new(&script).is_file() {
         bail!("{} is missing", script.display());
     }
     run_cmd(Command::new("cargo").args(["build", "--bin", "execbox"]))?;
-    run_cmd(
-        Command::new("bash")
-            .arg(&script)
-            .env("EXECBOX_BIN", project_root().join("target/debug/execbox"))
-            .env("API_FUZZ_SECS", secs.to_string()),
-    )
+    let mut cmd = Command::new("bash");
+    cmd.arg(&script)
+        .env("EXECBOX_BIN", project_root().join("target/debug/execbox"))
+        .env("API_FUZZ_EXAMPLES", API_EXAMPLES.to_string())
+        .env_remove("API_FUZZ_SECS");
+    if let Some(secs) = secs {
+        cmd.env("API_FUZZ_SECS", secs.to_string());
+    }
+    run_cmd(&mut cmd)
 }

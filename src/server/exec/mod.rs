@@ -28,8 +28,9 @@ use crate::policy::{Command, Context, Verdict};
 use crate::units::parse_duration;
 use approval::pend;
 use launch::launch;
+pub(crate) use request::ExecBody;
 pub use request::SANDBOX_PATH;
-use request::{DurationValue, ExecBody, OnDisconnect, environment, inside, whole};
+use request::{DurationValue, OnDisconnect, environment, inside, whole};
 
 pub(super) async fn exec(
     srv: &Arc<Server>,

@@ -57,7 +57,7 @@ pub(super) struct ExecLimits {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct ExecBody {
+pub(crate) struct ExecBody {
     pub(super) argv: Option<Vec<String>>,
     pub(super) command: Option<String>,
     pub(super) cwd: Option<String>,
@@ -70,7 +70,8 @@ pub(super) struct ExecBody {
     /// Also return the combined output in the `exit` event between nonce markers.
     #[serde(default)]
     pub(super) envelope: bool,
-    /// What the client's disconnect does to the job (default: `[detach] default`).
+    /// What the client's disconnect does to the job (default: `[detach] default`). Not null.
+    #[serde(default, deserialize_with = "crate::server::api::no_null")]
     pub(super) on_disconnect: Option<OnDisconnect>,
 }
 
