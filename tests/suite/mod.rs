@@ -15,6 +15,7 @@ mod policy;
 mod prewarm;
 mod privilege;
 mod protect;
+mod readme;
 mod run_policy;
 mod sandbox;
 mod tidy;
