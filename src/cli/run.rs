@@ -338,10 +338,10 @@ pub fn run(args: RunArgs) -> ExitCode {
                 }
                 for f in &outcome.protection.findings {
                     eprintln!(
-                        "execbox: warning: protect: {} {:?} {:?}: {}{}",
+                        "execbox: warning: protect: {} {}, {}: {}{}",
                         f.path,
-                        f.change,
-                        f.action,
+                        f.change.name(),
+                        f.action.name(),
                         f.detail,
                         f.quarantined_as
                             .as_deref()

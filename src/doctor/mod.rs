@@ -3,8 +3,9 @@
 //! Owns the [`Check`] model and the list of checks, grouped by area: [`kernel`] (user
 //! namespaces and their distro restrictions, every namespace type, landlock, seccomp, `/proc`
 //! mounts, pidfd/clone3, idmapped mounts), [`cgroups`] (layout, a writable job parent,
-//! `favordynmods`), [`config`] (the daemon's config and profiles) and [`files`] (modes of the
-//! state dir, config, sockets and audit log). `execbox serve` runs the same list at start and
+//! `favordynmods`), [`config`] (the daemon's config and profiles), [`files`] (modes of the
+//! state dir, config, sockets and audit log) and [`git`] (host git settings for agent
+//! workspaces). `execbox serve` runs the same list at start and
 //! refuses to start on a [`Status::Fail`].
 //!
 //! Must never: change anything unless asked (`--fix`), and then only what is safe to repair
@@ -17,6 +18,7 @@
 pub mod cgroups;
 pub mod config;
 pub mod files;
+pub mod git;
 pub mod kernel;
 
 use std::path::Path;
@@ -166,6 +168,7 @@ pub fn run(cx: &Context, changes: &mut Changes) -> Vec<Check> {
     out.extend(cgroups::checks(cx));
     out.extend(config::checks(cx));
     out.extend(files::checks(cx, changes));
+    out.extend(git::checks(cx));
     out
 }
 

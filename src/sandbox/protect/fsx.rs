@@ -102,15 +102,21 @@ pub fn open_subdir(dir: BorrowedFd<'_>, name: &[u8]) -> Result<OwnedFd, Errno> {
 /// Directory entries: names and their `d_type` kinds (`None`: the filesystem does not say).
 pub type Entries = Vec<(Vec<u8>, Option<Kind>)>;
 
-/// The entries of `dir` with their `d_type` kinds (`None` when the filesystem does not say),
-/// without `.` and `..`. Stops after `budget` entries; the bool says whether it stopped early.
-pub fn list(dir: BorrowedFd<'_>, budget: usize) -> Result<(Entries, bool), Errno> {
+/// The entries of `dir` with their `d_type` kinds, without `.` and `..`, that `keep` accepts
+/// (all entries count towards `budget`). Stops after `budget` entries; the bool says whether it
+/// stopped early. `buf` is the `getdents64` buffer, reused across calls.
+pub fn list(
+    dir: BorrowedFd<'_>,
+    buf: &mut [u8],
+    budget: usize,
+    keep: impl Fn(&[u8], Option<Kind>) -> bool,
+) -> Result<(Entries, usize, bool), Errno> {
     let mut out = Vec::new();
-    let mut buf = vec![0u8; 32 << 10];
+    let mut seen = 0usize;
     loop {
-        let n = sys::getdents64(dir, &mut buf)?;
+        let n = sys::getdents64(dir, buf)?;
         if n == 0 {
-            return Ok((out, false));
+            return Ok((out, seen, false));
         }
         let mut b = &buf[..n];
         const NAME_AT: usize = 19;
@@ -123,9 +129,10 @@ pub fn list(dir: BorrowedFd<'_>, budget: usize) -> Result<(Entries, bool), Errno
             let raw = &b[NAME_AT..reclen];
             let name = &raw[..raw.iter().position(|x| *x == 0).unwrap_or(raw.len())];
             if name != b"." && name != b".." {
-                if out.len() >= budget {
-                    return Ok((out, true));
+                if seen >= budget {
+                    return Ok((out, seen, true));
                 }
+                seen += 1;
                 let k = match dtype {
                     libc::DT_DIR => Some(Kind::Dir),
                     libc::DT_REG => Some(Kind::File),
@@ -133,7 +140,9 @@ pub fn list(dir: BorrowedFd<'_>, budget: usize) -> Result<(Entries, bool), Errno
                     libc::DT_UNKNOWN => None,
                     _ => Some(Kind::Other),
                 };
-                out.push((name.to_vec(), k));
+                if keep(name, k) {
+                    out.push((name.to_vec(), k));
+                }
             }
             b = &b[reclen..];
         }

@@ -45,7 +45,7 @@ use crate::profile::SandboxProfile;
 pub const QUARANTINE_MARK: &str = ".execbox-quarantine-";
 
 /// Paths and findings listed in a report at most (the totals count all of them).
-pub const MAX_LISTED: usize = 64;
+pub const MAX_LISTED: usize = 32;
 
 /// How one path is guarded inside the job's mount namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -137,10 +137,23 @@ pub struct ProtectionReport {
     pub findings_total: usize,
 }
 
-impl ProtectionReport {
-    /// Findings that left something for the operator to look at.
-    pub fn needs_attention(&self) -> bool {
-        self.findings_total > 0
+impl Change {
+    pub fn name(self) -> &'static str {
+        match self {
+            Change::Created => "created",
+            Change::Modified => "modified",
+            Change::Removed => "removed",
+        }
+    }
+}
+
+impl Action {
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Quarantined => "quarantined",
+            Action::Reported => "reported",
+            Action::QuarantineFailed => "quarantine failed",
+        }
     }
 }
 
@@ -285,8 +298,20 @@ fn order(mut guards: Vec<Guard>, hidden_dirs: &[PathBuf]) -> Vec<Guard> {
     guards
 }
 
+/// Longest path shown in a report (the log has it whole): a job must not be able to make its
+/// exit event, kept by the daemon, large with long names.
+const MAX_SHOWN_PATH: usize = 256;
+
 fn lossy(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
+    let s = p.to_string_lossy();
+    if s.len() <= MAX_SHOWN_PATH {
+        return s.into_owned();
+    }
+    let mut cut = MAX_SHOWN_PATH;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &s[..cut])
 }
 
 /// Layer 2: the walk again after the job; quarantines what the job planted and reports.
@@ -416,7 +441,13 @@ pub fn after(ws: &Path, p: &Protection, stamp: &str) -> ProtectionReport {
                     if known.contains(&(inner.to_path_buf(), s)) {
                         continue;
                     }
-                    if inner == Path::new("config") {
+                    if inner == Path::new("commondir")
+                        && is_worktree_of_parent(g, &p_read(root.as_fd(), k))
+                    {
+                        // `git worktree add`: `<G>/worktrees/<name>/commondir` is `../..`.
+                        continue;
+                    }
+                    if inner == Path::new("config") && matches!(s, State::File { .. }) {
                         let text = p_read(root.as_fd(), k);
                         match gitconfig::not_plain(&text) {
                             None => continue,
@@ -484,10 +515,25 @@ pub fn after(ws: &Path, p: &Protection, stamp: &str) -> ProtectionReport {
     for f in &findings {
         tracing::info!(path = %f.path, kind = ?f.kind, change = ?f.change, action = ?f.action, quarantined_as = ?f.quarantined_as, "protect: {}", f.detail);
     }
+    for f in &mut findings {
+        if f.detail.len() > 2 * MAX_SHOWN_PATH {
+            f.detail = lossy(Path::new(&f.detail));
+        }
+    }
     report.findings_total = findings.len();
     findings.truncate(MAX_LISTED);
     report.findings = findings;
     report
+}
+
+/// `g` is `<G>/worktrees/<name>` and its `commondir` says `../..`: it points back to `G`.
+fn is_worktree_of_parent(g: &Path, commondir: &[u8]) -> bool {
+    let under_worktrees = g
+        .parent()
+        .and_then(|p| p.file_name())
+        .is_some_and(|n| n == "worktrees");
+    let text = String::from_utf8_lossy(commondir);
+    under_worktrees && matches!(text.trim_end_matches(['\n', '\r']), "../.." | "../../")
 }
 
 fn kind_of(inner: &Path) -> FindingKind {

@@ -67,6 +67,18 @@ struct Walker<'a> {
     root: BorrowedFd<'a>,
     limits: ScanLimits,
     scan: Scan,
+    buf: Vec<u8>,
+}
+
+/// Names the walk looks at besides directories (most entries are other files: dropped unread).
+fn interesting(name: &[u8], kind: Option<Kind>) -> bool {
+    kind != Some(Kind::File)
+        || matches!(
+            name,
+            b".git" | b".gitattributes" | b".gitmodules" | b"HEAD" | b"config" | b"commondir"
+        )
+        || name.starts_with(b"config.")
+        || name == b"attributes"
 }
 
 /// Walks the workspace `ws` (canonical; its root is opened refusing a symlink).
@@ -76,6 +88,7 @@ pub fn scan(ws: &Path, limits: ScanLimits) -> Result<Scan, Errno> {
         root: root.as_fd(),
         limits,
         scan: Scan::default(),
+        buf: vec![0u8; 32 << 10],
     };
     w.walk(ws)?;
     Ok(w.scan)
@@ -86,13 +99,16 @@ impl Walker<'_> {
         self.limits.max_entries.saturating_sub(self.scan.entries)
     }
 
-    /// Lists a directory within the entry budget; marks the scan truncated when cut.
-    fn list(&mut self, fd: BorrowedFd<'_>) -> Vec<(Vec<u8>, Kind)> {
-        let (entries, cut) = match fsx::list(fd, self.budget()) {
-            Ok(x) => x,
-            Err(_) => return Vec::new(),
-        };
-        self.scan.entries += entries.len();
+    /// Lists a directory within the entry budget; marks the scan truncated when cut. With
+    /// `all`, every entry; otherwise directories and the names git cares about.
+    fn list_some(&mut self, fd: BorrowedFd<'_>, all: bool) -> Vec<(Vec<u8>, Kind)> {
+        let budget = self.budget();
+        let (entries, seen, cut) =
+            match fsx::list(fd, &mut self.buf, budget, |n, k| all || interesting(n, k)) {
+                Ok(x) => x,
+                Err(_) => return Vec::new(),
+            };
+        self.scan.entries += seen;
         if cut {
             self.scan.truncated = true;
         }
@@ -108,11 +124,17 @@ impl Walker<'_> {
             .collect()
     }
 
+    /// Every entry of a directory (inside git directories: hooks are any name).
+    fn list(&mut self, fd: BorrowedFd<'_>) -> Vec<(Vec<u8>, Kind)> {
+        self.list_some(fd, true)
+    }
+
     fn walk(&mut self, ws: &Path) -> Result<(), Errno> {
-        // Depth-first with paths, not fds: one directory open at a time however wide the tree.
-        let mut stack = vec![(PathBuf::new(), 0usize)];
+        // Breadth-first (shallow repositories are found before the budget runs out), with
+        // paths, not fds: one directory open at a time however wide the tree.
+        let mut queue = std::collections::VecDeque::from([(PathBuf::new(), 0usize)]);
         let mut first = true;
-        while let Some((rel, depth)) = stack.pop() {
+        while let Some((rel, depth)) = queue.pop_front() {
             if self.scan.truncated {
                 break;
             }
@@ -123,12 +145,20 @@ impl Walker<'_> {
                 Err(_) => continue,
             };
             first = false;
-            let entries = self.list(fd.as_fd());
+            let entries = self.list_some(fd.as_fd(), false);
             if looks_bare(&entries) {
                 self.gitdir(&rel, &fd, entries, depth);
                 continue;
             }
             for (name, kind) in entries {
+                if kind == Kind::File
+                    && !matches!(
+                        name.as_slice(),
+                        b".git" | b".gitattributes" | b".gitmodules"
+                    )
+                {
+                    continue;
+                }
                 let path = rel.join(os(&name));
                 match (name.as_slice(), kind) {
                     (b".git", Kind::Dir) => {
@@ -152,7 +182,7 @@ impl Walker<'_> {
                         }
                     }
                     (_, Kind::Dir) if depth < self.limits.max_depth => {
-                        stack.push((path, depth + 1));
+                        queue.push_back((path, depth + 1));
                     }
                     _ => {}
                 }

@@ -208,3 +208,28 @@ fn planted_git_symlinks_and_outward_gitfiles_are_quarantined_worktree_files_repo
     // The next job starts: nothing left to refuse.
     assert!(prepare(ws, &profile()).is_ok());
 }
+
+#[test]
+fn a_symlinked_config_in_a_new_repository_is_quarantined_a_worktree_commondir_is_not() {
+    let t = tempfile::tempdir().unwrap();
+    let ws = t.path();
+    repo(&ws.join(".git"));
+    let p = prepare(ws, &profile()).unwrap();
+    repo(&ws.join("n/.git"));
+    std::fs::write(ws.join("evil.cfg"), "[core]\n\tfsmonitor = x\n").unwrap();
+    std::fs::remove_file(ws.join("n/.git/config")).unwrap();
+    symlink("../../evil.cfg", ws.join("n/.git/config")).unwrap();
+    // What `git worktree add w` leaves: a gitdir under .git/worktrees pointing back.
+    std::fs::create_dir_all(ws.join(".git/worktrees/w")).unwrap();
+    std::fs::write(ws.join(".git/worktrees/w/HEAD"), "ref: refs/heads/w\n").unwrap();
+    std::fs::write(ws.join(".git/worktrees/w/commondir"), "../..\n").unwrap();
+    std::fs::write(ws.join(".git/worktrees/w/gitdir"), "/x/w/.git\n").unwrap();
+    let r = after(ws, &p, "j");
+    assert_eq!(find(&r, "n/.git/config").action, Action::Quarantined);
+    assert!(
+        r.findings
+            .iter()
+            .all(|f| !f.path.starts_with(".git/worktrees")),
+        "{r:#?}"
+    );
+}
