@@ -67,6 +67,7 @@ fn original() -> &'static Vec<u8> {
                 code: Some(0),
                 reason: "exited".into(),
                 usage: serde_json::Value::Null,
+                protection: None,
             },
             Event::DaemonStop {},
         ] {
