@@ -73,6 +73,10 @@ pub struct SessionsConfig {
     pub max_per_lineage: usize,
     /// Artifact ids one session holds at once in the daemon's registry.
     pub max_artifacts: usize,
+    /// As root: a session's workspace gets its owner's (the creating peer's) primary group,
+    /// read-only (`2750`), so the agent's user can read what its jobs wrote
+    /// (`docs/sessions.md`). `false`: `0700`, the sandbox uid's alone.
+    pub owner_group: bool,
 }
 
 /// `[pairing]`: the limits on redeeming pairing codes (`docs/pairing.md`).
@@ -236,6 +240,7 @@ struct RawSessions {
     max_per_uid: Option<usize>,
     max_per_lineage: Option<usize>,
     max_artifacts: Option<usize>,
+    owner_group: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -665,6 +670,7 @@ impl RawConfig {
                 "sessions.max_artifacts",
                 self.sessions.max_artifacts.unwrap_or(1024),
             )?,
+            owner_group: self.sessions.owner_group.unwrap_or(true),
         };
         let approvals = ApprovalsConfig {
             expiry: dur(

@@ -42,7 +42,14 @@ impl Identity {
             };
         }
         if ws_uid != 0 {
-            let gid = if ws_gid != 0 { ws_gid } else { sandbox_id };
+            // A daemon session's workspace belongs to its sandbox uid, and its group may be the
+            // session owner's (so the agent can read it): the sandbox still gets its own gid,
+            // never the agent's.
+            let gid = if ws_gid != 0 && ws_uid != sandbox_id {
+                ws_gid
+            } else {
+                sandbox_id
+            };
             return Identity {
                 uid_inside: ws_uid,
                 gid_inside: gid,
@@ -540,6 +547,15 @@ mod tests {
         assert!(!id.idmap_workspace);
         let id = Identity::decide(1000, 1000, 0, 0, DEFAULT_SANDBOX_ID);
         assert_eq!((id.uid_inside, id.uid_outside), (1000, 1000));
+        // A daemon session's workspace: the sandbox uid, the owner's group; the sandbox gets
+        // its own gid, not the owner's.
+        let id = Identity::decide(0, 0, 2_000_000_001, 1000, 2_000_000_001);
+        assert_eq!(
+            (id.uid_outside, id.gid_outside),
+            (2_000_000_001, 2_000_000_001)
+        );
+        let id = Identity::decide(0, 0, 1000, 1000, DEFAULT_SANDBOX_ID);
+        assert_eq!((id.uid_outside, id.gid_outside), (1000, 1000));
     }
 
     #[test]

@@ -242,8 +242,24 @@ impl Server {
                 .create(&workspace)
                 .map_err(|e| internal(format!("{}: {e}", workspace.display())))?;
             if self.am_root {
-                std::os::unix::fs::chown(&workspace, Some(sandbox_id), Some(sandbox_id))
-                    .map_err(|e| internal(format!("chown {}: {e}", workspace.display())))?;
+                // The agent can own its files: its primary group may read (never write) the
+                // workspace, and the setgid bit gives everything made inside the same group.
+                // The sandbox keeps running as the sandbox uid and gid alone (the group is not
+                // mapped into it; `prepare::Identity`). Not for group 0: root reads anyway.
+                let group = (self.config.sessions.owner_group && peer.gid != 0).then_some(peer.gid);
+                if group.is_some() {
+                    // Before the chown: the kernel drops a setgid bit set by a process without
+                    // CAP_FSETID on a file of a group it is not in (the owner's).
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(&workspace, std::fs::Permissions::from_mode(0o2750))
+                        .map_err(|e| internal(format!("chmod {}: {e}", workspace.display())))?;
+                }
+                std::os::unix::fs::chown(
+                    &workspace,
+                    Some(sandbox_id),
+                    Some(group.unwrap_or(sandbox_id)),
+                )
+                .map_err(|e| internal(format!("chown {}: {e}", workspace.display())))?;
             }
         }
         let session = Session {

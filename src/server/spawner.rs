@@ -213,6 +213,9 @@ impl Spawner {
             // No core dumps (the daemon sets its own after this fork): supervisors hold jobs'
             // requests and pipes. Jobs set their own RLIMIT_CORE 0 as well.
             let _ = sys::setrlimit(libc::RLIMIT_CORE, 0);
+            // Jobs create files group-readable whatever the daemon was started with, so a
+            // session's owner (its workspace's group, `docs/sessions.md`) can read them.
+            sys::umask(0o022);
             // Keep only what jobs need before touching any request; tell the daemon either way.
             if let Some(keep) = ctx.keep_caps
                 && let Err(e) = super::privilege::keep_only(keep, cap_last)

@@ -493,3 +493,118 @@ fn a_child_gets_its_parents_workspace_read_write_or_read_only_when_it_asks() {
     );
     assert_eq!(status, 400, "{v}");
 }
+
+/// `curl` over the agent socket as another user (`setpriv`; the test runs as root).
+fn curl_as(uid: u32, d: &Daemon, args: &[&str]) -> std::process::Output {
+    let ids = uid.to_string();
+    std::process::Command::new("setpriv")
+        .args(["--reuid", &ids, "--regid", &ids, "--clear-groups", "--"])
+        .args(["curl", "-sS", "--max-time", "60", "--unix-socket"])
+        .arg(d.agent())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A host command as another user; true when it succeeded.
+fn host_as(uid: u32, argv: &[&str]) -> bool {
+    let ids = uid.to_string();
+    std::process::Command::new("setpriv")
+        .args(["--reuid", &ids, "--regid", &ids, "--clear-groups", "--"])
+        .args(argv)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[test]
+fn the_agents_user_reads_its_workspace_and_another_uid_cannot() {
+    if !root_only("the_agents_user_reads_its_workspace_and_another_uid_cannot") {
+        return;
+    }
+    const AGENT: u32 = 65534; // nobody, primary group nogroup (65534)
+    const OTHER: u32 = 65533;
+    let d = Daemon::start_with(&format!("[allow]\nuids = [{AGENT}]\n"), "");
+    // The test's temp dir is root's 0700, the socket root's 0660: let the agent reach them
+    // (what `[sockets] agent_group` does in a deployment).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::os::unix::fs::chown(d.agent(), None, Some(AGENT)).unwrap();
+    let o = curl_as(AGENT, &d, &["-X", "POST", "http://x/v1/sessions"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    let token = v["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v} {}", d.log()));
+    let ws = PathBuf::from(v["workspace"].as_str().unwrap());
+    let auth = format!("Authorization: Bearer {token}");
+    let body =
+        json!({"command": "mkdir -p out && echo hi > out/a.txt && echo top > b.txt && id -G"});
+    let o = curl_as(
+        AGENT,
+        &d,
+        &[
+            "-H",
+            &auth,
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &body.to_string(),
+            "http://x/v1/exec",
+        ],
+    );
+    let events: Vec<Value> = text(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(exit_of(&events)["code"], 0, "{events:?}");
+    // The sandbox runs with its own gid alone, never the agent's group.
+    let groups = text(&output(&events, "stdout"));
+    assert!(
+        !groups.split_whitespace().any(|g| g == AGENT.to_string()),
+        "the agent's group is not the sandbox's: {groups}"
+    );
+    // The workspace: the sandbox uid's, the agent's group, group read-only, setgid.
+    let m = std::fs::metadata(&ws).unwrap();
+    assert_ne!(m.uid(), AGENT);
+    assert_ne!(m.uid(), 0);
+    assert_eq!((m.gid(), m.mode() & 0o7777), (AGENT, 0o2750));
+    let f = std::fs::metadata(ws.join("out/a.txt")).unwrap();
+    assert_eq!((f.gid(), f.mode() & 0o777), (AGENT, 0o644), "made by a job");
+    // The agent's user reads what its jobs wrote; another uid cannot even list the directory.
+    let a = ws.join("out/a.txt").display().to_string();
+    let b = ws.join("b.txt").display().to_string();
+    let w = ws.display().to_string();
+    assert!(host_as(AGENT, &["cat", &a]), "the agent reads out/a.txt");
+    assert!(host_as(AGENT, &["ls", &w]), "the agent lists its workspace");
+    assert!(!host_as(OTHER, &["cat", &b]), "another uid cannot read");
+    assert!(!host_as(OTHER, &["ls", &w]), "another uid cannot list");
+    // Reading is not writing: the group has no write bit; the API is the agent's write path.
+    let x = ws.join("direct.txt").display().to_string();
+    assert!(!host_as(AGENT, &["touch", &x]));
+    let o = curl_as(
+        AGENT,
+        &d,
+        &[
+            "-H",
+            &auth,
+            "-T",
+            "-",
+            "http://x/v1/files/by-api.txt",
+            "-w",
+            "%{http_code}",
+        ],
+    );
+    assert!(text(&o.stdout).ends_with("201"), "{}", text(&o.stdout));
+    let f = std::fs::metadata(ws.join("by-api.txt")).unwrap();
+    assert_eq!(
+        (f.uid(), f.gid()),
+        (m.uid(), AGENT),
+        "uploaded like a job's file"
+    );
+    assert!(host_as(
+        AGENT,
+        &["cat", &ws.join("by-api.txt").display().to_string()]
+    ));
+}
