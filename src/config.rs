@@ -443,7 +443,7 @@ impl RawConfig {
             return Err(invalid(
                 "allow",
                 "uids and gids are both empty, so nobody could connect".into(),
-                "list the agents' users: [allow] uids = [1000] (or gids = [...]); `open = true` admits every local user",
+                "list the agents' users: [allow] uids = [UID, …] (`id -u USER`; or gids = [...]); `open = true` admits every local user",
             ));
         }
 
@@ -1030,7 +1030,7 @@ mod tests {
     }
 
     #[test]
-    fn example_config_parses() {
+    fn example_config_parses_once_the_allowlist_is_set() {
         let text = include_str!("../packaging/execbox.toml");
         // The example names a group that may not exist here; the rest must validate.
         let text = text.replace("agent_group = \"execbox\"", "");
@@ -1039,6 +1039,14 @@ mod tests {
             "\"/etc/execbox/policies\"",
             &format!("{:?}", concat!(env!("CARGO_MANIFEST_DIR"), "/policies")),
         );
+        // Shipped with an empty allowlist (issue 22 item 4: it admitted uid 1000, often the
+        // operator's own login): it refuses to start, naming the key and the fix.
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("allow") && e.contains("uids = ["),
+            "the shipped config must refuse to start until [allow] is set: {e}"
+        );
+        let text = text.replacen("uids = []", "uids = [4242]", 1);
         let c = parse(&text).unwrap();
         assert!(
             c.sessions.require_pairing,
