@@ -114,6 +114,19 @@ pub enum Event {
         /// The argv, when the request was one (or the parsed argv of a shell string).
         argv: Option<Vec<String>>,
         parse_summary: serde_json::Value,
+        /// The resolved working directory the job starts in.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cwd: Option<String>,
+        /// The job's environment: values (bounded), the names the request set, a digest.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        env: Option<serde_json::Value>,
+        /// The job's stdin: size, SHA-256, a bounded excerpt and the commands that read it as
+        /// their program (`null` when the job reads none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stdin: Option<serde_json::Value>,
+        /// The run terms (limits, wall time, on_disconnect, envelope).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        terms: Option<serde_json::Value>,
     },
     Verdict {
         job: String,

@@ -435,12 +435,16 @@ fn render(a: &Value) -> String {
             format!("▶ failed closed: {}: {}", s(&f["code"]), s(&f["detail"])),
         );
     }
+    let failed_closed = a["fail_closed"].as_array().is_some_and(|f| !f.is_empty());
     line(
         "rule",
-        a["rule"]
-            .as_str()
-            .map(escape)
-            .unwrap_or_else(|| "(none: the analysis failed closed)".into()),
+        a["rule"].as_str().map(escape).unwrap_or_else(|| {
+            if failed_closed {
+                "(none: the analysis failed closed)".into()
+            } else {
+                "(none: the profile's default verdict)".into()
+            }
+        }),
     );
     line("reason", s(&a["reason"]));
     line(
@@ -460,18 +464,156 @@ fn render(a: &Value) -> String {
     );
     line("peer uid", s(&a["peer_uid"]));
     line("cwd", s(&a["cwd"]));
-    let keys: Vec<String> = a["env_keys"]
+    if a["env"]["vars"].is_object() {
+        render_env(&a["env"], &mut line);
+    } else {
+        let keys: Vec<String> = a["env_keys"]
+            .as_array()
+            .map(|v| v.iter().map(s).collect())
+            .unwrap_or_default();
+        line("env keys", keys.join(", "));
+    }
+    if a["stdin"].is_object() {
+        render_stdin(&a["stdin"], &mut line);
+    }
+    if a["terms"].is_object() {
+        line("terms", terms_line(&a["terms"]));
+    }
+    line("hash", s(&a["hash"]));
+    out
+}
+
+/// Every variable with its value; the ones the request set are marked `*`.
+fn render_env(env: &Value, line: &mut dyn FnMut(&str, String)) {
+    let requested: Vec<&str> = env["requested"]
+        .as_array()
+        .map(|v| v.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let mut first = true;
+    for (k, v) in env["vars"].as_object().into_iter().flatten() {
+        let mark = if requested.contains(&k.as_str()) {
+            "*"
+        } else {
+            " "
+        };
+        let cut = env["cut"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["name"].as_str() == Some(k)))
+            .map(|c| format!(" … ({} bytes, sha256 {})", s(&c["bytes"]), s(&c["sha256"])))
+            .unwrap_or_default();
+        line(
+            if first { "env" } else { "" },
+            format!("{mark} {}={}{cut}", escape(k), s(v)),
+        );
+        first = false;
+    }
+    if env["omitted"].as_u64().is_some_and(|n| n > 0) {
+        line(
+            "",
+            format!(
+                "  … {} more variables (sha256 {})",
+                s(&env["omitted"]),
+                s(&env["sha256"])
+            ),
+        );
+    }
+    if !requested.is_empty() {
+        line("", "  (* set by the request)".into());
+    }
+}
+
+/// The job's stdin: what reads it as a program, its size, digest and an excerpt.
+fn render_stdin(stdin: &Value, line: &mut dyn FnMut(&str, String)) {
+    let readers: Vec<String> = stdin["code_for"]
         .as_array()
         .map(|v| v.iter().map(s).collect())
         .unwrap_or_default();
-    line("env keys", keys.join(", "));
-    line("hash", s(&a["hash"]));
-    out
+    let what = if readers.is_empty() {
+        "data".to_string()
+    } else {
+        format!("▶ the program of: {}", readers.join("; "))
+    };
+    line(
+        "stdin",
+        format!(
+            "{} bytes, sha256 {} — {what}",
+            s(&stdin["bytes"]),
+            s(&stdin["sha256"])
+        ),
+    );
+    let excerpt = stdin["excerpt"].as_str().unwrap_or_default();
+    for l in excerpt.split('\n').take(40) {
+        line("", format!("│ {}", escape(l)));
+    }
+    let lines = excerpt.split('\n').count();
+    let omitted = stdin["omitted"].as_u64().unwrap_or(0);
+    if lines > 40 || omitted > 0 {
+        line(
+            "",
+            format!(
+                "│ … (excerpt: {} more lines shown, {omitted} bytes not shown)",
+                lines.saturating_sub(40)
+            ),
+        );
+    }
+}
+
+fn terms_line(t: &Value) -> String {
+    let or_none = |v: &Value| {
+        if v.is_null() {
+            "unlimited".to_string()
+        } else {
+            s(v)
+        }
+    };
+    format!(
+        "wall time {} ms, memory {}, pids {}, cpu {}, output {} bytes, on disconnect {}, envelope {}",
+        s(&t["wall_time_ms"]),
+        or_none(&t["memory"]),
+        or_none(&t["pids"]),
+        or_none(&t["cpu"]),
+        s(&t["output_bytes"]),
+        s(&t["on_disconnect"]),
+        s(&t["envelope"]),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 15 item 17: a plain default-verdict approve does not claim the analysis failed;
+    /// env values, stdin and terms are shown, escaped.
+    #[test]
+    fn render_shows_env_values_stdin_terms_and_the_real_reason_for_no_rule() {
+        let a = serde_json::json!({
+            "approval_id": "a_1", "kind": "exec", "argv": ["git", "status"], "rule": null,
+            "reason": "no rule matched; the profile default applies", "fail_closed": [],
+            "env": {"vars": {"PATH": "/w/bin:/usr/bin", "HOME": "/tmp"}, "requested": ["PATH"],
+                    "cut": [], "omitted": 0, "sha256": "ab"},
+            "stdin": {"bytes": 12, "sha256": "cd", "excerpt": "rm -rf ./*\u{2060}", "omitted": 0,
+                      "code_for": ["bash"]},
+            "terms": {"wall_time_ms": 5000, "memory": null, "pids": 32, "cpu": null, "nofile": 1024,
+                      "output_bytes": 1024, "on_disconnect": "detach", "envelope": true},
+        });
+        let r = render(&a);
+        assert!(r.contains("(none: the profile's default verdict)"), "{r}");
+        assert!(!r.contains("failed closed"), "{r}");
+        assert!(r.contains("* PATH=/w/bin:/usr/bin"), "{r}");
+        assert!(r.contains("HOME=/tmp"), "{r}");
+        assert!(
+            r.contains("the program of: bash") && r.contains("│ rm -rf ./*\\u{2060}"),
+            "{r}"
+        );
+        assert!(
+            r.contains("on disconnect detach") && r.contains("memory unlimited"),
+            "{r}"
+        );
+        // With a fail-closed entry, the rule line says so.
+        let mut b = a.clone();
+        b["fail_closed"] = serde_json::json!([{"code": "stdin-code", "detail": "python3 …"}]);
+        assert!(render(&b).contains("(none: the analysis failed closed)"));
+    }
 
     #[test]
     fn quoting_keeps_word_boundaries_and_escapes_controls() {

@@ -1,6 +1,7 @@
 //! The `execbox` command line. The only place that turns typed errors into reports.
 
 mod doctor;
+mod judge;
 mod remote;
 mod run;
 mod serve;

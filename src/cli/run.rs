@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::policy::{Command, Context, Decision, Verdict};
+use crate::policy::{Command, Context, Decision, Explanation, Request, Verdict};
 use crate::profile::Profile;
 use crate::sandbox::{self, JobSpec, OutputSink, Stream, prepare::DEFAULT_SANDBOX_ID, sys};
 use crate::units::{parse_duration, parse_size};
@@ -187,6 +187,19 @@ pub fn run(args: RunArgs) -> ExitCode {
         }
     };
 
+    let env = match environment(&profile, &args.env) {
+        Ok(env) => env,
+        Err(m) => return refuse(json, EXIT_REFUSED, "usage", &m),
+    };
+    // The variables `--env` set are judged; PATH, HOME, LANG, TERM and the profile's
+    // pass-through list are not the requester's.
+    let requested_env: Vec<(String, String)> = args
+        .env
+        .iter()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+
     // The verdict, before anything is created.
     let ctx = Context {
         workspace: workspace.clone(),
@@ -196,7 +209,27 @@ pub fn run(args: RunArgs) -> ExitCode {
         Some(s) => Command::Shell(s),
         None => Command::Argv(&argv),
     };
-    let decision = profile.policy.check(command, &ctx);
+    let mut request = Request {
+        command,
+        stdin: None,
+        env: &requested_env,
+        cwd: "",
+    };
+    // Stdin that a command runs as its program is read now and judged as that program; the
+    // job then reads exactly those bytes. Otherwise stdin streams to the job unread.
+    let stdin_is_terminal = std::io::stdin().is_terminal();
+    let code_stdin = if !stdin_is_terminal && crate::policy::request::reads_stdin_as_code(&request)
+    {
+        match super::judge::read_code_stdin(std::io::stdin().lock()) {
+            Ok(data) => Some(data),
+            Err(m) => return refuse(json, EXIT_REFUSED, "stdin", &m),
+        }
+    } else {
+        None
+    };
+    request.stdin = code_stdin.as_deref();
+    let explained = profile.policy.explain_request(&request, &ctx);
+    let decision = explained.decision.clone();
     match decision.verdict {
         Verdict::Allow => {}
         Verdict::Deny => {
@@ -208,7 +241,13 @@ pub fn run(args: RunArgs) -> ExitCode {
             );
         }
         Verdict::Approve => {
-            if !confirm_on_terminal(&argv, shell.as_deref(), &decision) {
+            if !confirm_on_terminal(
+                &argv,
+                shell.as_deref(),
+                &decision,
+                &explained,
+                &requested_env,
+            ) {
                 return refuse(
                     json,
                     EXIT_REFUSED,
@@ -222,10 +261,6 @@ pub fn run(args: RunArgs) -> ExitCode {
         }
     }
 
-    let env = match environment(&profile, &args.env) {
-        Ok(env) => env,
-        Err(m) => return refuse(json, EXIT_REFUSED, "usage", &m),
-    };
     let mut limits = profile.limits;
     if let Some(t) = args.timeout {
         if t.is_zero() || t > sandbox::MAX_WALL_TIME {
@@ -263,10 +298,20 @@ pub fn run(args: RunArgs) -> ExitCode {
 
     // Our stdin goes to the command unless it is a terminal (a tty in the sandbox could inject
     // keystrokes into the operator's shell).
-    let stdin: Option<OwnedFd> = if std::io::stdin().is_terminal() {
-        None
-    } else {
-        std::io::stdin().as_fd().try_clone_to_owned().ok()
+    let stdin: Option<OwnedFd> = match &code_stdin {
+        Some(data) => match super::judge::stdin_file(data) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                return refuse(
+                    json,
+                    EXIT_SETUP,
+                    "stdin",
+                    &format!("cannot hold the judged stdin for the job: {e}"),
+                );
+            }
+        },
+        None if stdin_is_terminal => None,
+        None => std::io::stdin().as_fd().try_clone_to_owned().ok(),
     };
     let spec = JobSpec {
         argv,
@@ -481,7 +526,13 @@ fn refusal_text(d: &Decision, what: &str) -> String {
 
 /// Asks on the controlling terminal (never on stdin, which may be the agent's). Shows control
 /// characters visibly so the command text cannot rewrite the prompt.
-fn confirm_on_terminal(argv: &[String], shell: Option<&str>, d: &Decision) -> bool {
+fn confirm_on_terminal(
+    argv: &[String],
+    shell: Option<&str>,
+    d: &Decision,
+    explained: &Explanation,
+    env: &[(String, String)],
+) -> bool {
     let Ok(mut tty) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -491,11 +542,18 @@ fn confirm_on_terminal(argv: &[String], shell: Option<&str>, d: &Decision) -> bo
     };
     let shown = shell.map(str::to_string).unwrap_or_else(|| argv.join(" "));
     let visible = crate::audit::tail::escape(&shown);
+    let details = super::judge::prompt_details(explained, env);
     let _ = writeln!(
         tty,
-        "execbox: this command needs approval\n  command: {visible}\n  rule:    {}\n  reason:  {}\nRun it? Type 'yes' to run, anything else refuses: ",
-        d.rule.as_deref().unwrap_or("(profile default)"),
-        d.reason
+        "execbox: this command needs approval\n  command: {visible}\n{details}  rule:    {}\n  reason:  {}\nRun it? Type 'yes' to run, anything else refuses: ",
+        d.rule
+            .as_deref()
+            .unwrap_or(if explained.fail_closed.is_empty() {
+                "(profile default)"
+            } else {
+                "(none: the analysis failed closed)"
+            }),
+        crate::audit::tail::escape(&d.reason)
     );
     let mut line = String::new();
     let mut reader = std::io::BufReader::new(tty);

@@ -10,11 +10,14 @@
 //! symlinks, aliases defined outside the input. The sandbox is the second layer for those.
 
 pub mod corpus;
+pub mod env;
 pub(crate) mod exec;
 pub mod model;
 pub mod parse;
 pub mod predicates;
+pub mod request;
 pub mod rules;
+pub mod stdin;
 pub mod unwrap;
 
 use std::collections::HashSet;
@@ -23,7 +26,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use model::{Analysis, FailClosed, SimpleCommand, Word};
+pub use request::Request;
 pub use rules::{RawExamples, RawRule, Rule};
+pub use stdin::StdinFacts;
 
 /// A verdict, ordered from least to most strict (`Allow < Approve < Deny`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
@@ -174,6 +179,9 @@ pub struct Explanation {
     pub commands: Vec<ExplainedCommand>,
     pub fail_closed: Vec<FailClosed>,
     pub decision: Decision,
+    /// The job's stdin, when the request gave one ([`Policy::explain_request`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<StdinFacts>,
 }
 
 impl Policy {
@@ -267,17 +275,33 @@ impl Policy {
     }
 
     pub fn check(&self, command: Command<'_>, ctx: &Context) -> Decision {
-        self.decide(command, ctx, None).0
+        self.decide(analyse(command), ctx, None).0
     }
 
     /// Checks a command and keeps every step of the reasoning.
     pub fn explain(&self, command: Command<'_>, ctx: &Context) -> Explanation {
         let mut commands = Vec::new();
-        let (decision, fail_closed) = self.decide(command, ctx, Some(&mut commands));
+        let (decision, fail_closed) = self.decide(analyse(command), ctx, Some(&mut commands));
         Explanation {
             commands,
             fail_closed,
             decision,
+            stdin: None,
+        }
+    }
+
+    /// Checks a whole request — command, the requester's environment, working directory and
+    /// stdin (`request.rs`) — and keeps every step of the reasoning. What `POST /v1/exec` and
+    /// `execbox run` use.
+    pub fn explain_request(&self, req: &Request<'_>, ctx: &Context) -> Explanation {
+        let (analysis, stdin) = request::analyse(req);
+        let mut commands = Vec::new();
+        let (decision, fail_closed) = self.decide(analysis, ctx, Some(&mut commands));
+        Explanation {
+            commands,
+            fail_closed,
+            decision,
+            stdin,
         }
     }
 
@@ -285,11 +309,10 @@ impl Policy {
     /// account (built only when asked: `check` is on the hot path).
     fn decide(
         &self,
-        command: Command<'_>,
+        analysis: Analysis,
         ctx: &Context,
         mut explain: Option<&mut Vec<ExplainedCommand>>,
     ) -> (Decision, Vec<FailClosed>) {
-        let analysis = analyse(command);
         let paths = predicates::Paths::new(ctx);
         // (verdict, deciding rule, command index) of the strictest command so far.
         let mut best: Option<(Verdict, Option<&Rule>, usize)> = None;

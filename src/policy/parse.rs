@@ -77,23 +77,29 @@ pub fn analyse_shell(text: &str) -> Analysis {
 /// Analyses an argv that is exec'd directly (no shell parsing of its words).
 pub fn analyse_argv(argv: &[String]) -> Analysis {
     let mut w = Walker::new();
-    let total: usize = argv.iter().map(String::len).sum();
-    if total > MAX_INPUT {
-        w.fail(
-            "input-too-large",
-            format!("{total} bytes, limit {MAX_INPUT}"),
-        );
-    } else if let Some((first, rest)) = argv.split_first() {
-        let program = Word::literal(first.clone());
-        let args = rest.iter().cloned().map(Word::literal).collect();
-        let cmd = SimpleCommand::from_argv(&program, args);
-        w.emit(cmd, 0);
-    }
+    w.argv(argv);
     w.finish()
 }
 
 impl Walker {
-    fn new() -> Walker {
+    /// Walks an argv exec'd directly, in the walk's working directory.
+    pub(crate) fn argv(&mut self, argv: &[String]) {
+        let total: usize = argv.iter().map(String::len).sum();
+        if total > MAX_INPUT {
+            self.fail(
+                "input-too-large",
+                format!("{total} bytes, limit {MAX_INPUT}"),
+            );
+        } else if let Some((first, rest)) = argv.split_first() {
+            let program = Word::literal(first.clone());
+            let args = rest.iter().cloned().map(Word::literal).collect();
+            let mut cmd = SimpleCommand::from_argv(&program, args);
+            cmd.cwd = self.cwd.clone();
+            self.emit(cmd, 0);
+        }
+    }
+
+    pub(crate) fn new() -> Walker {
         Walker {
             out: Analysis::default(),
             nodes: 0,
@@ -108,7 +114,7 @@ impl Walker {
         }
     }
 
-    fn finish(self) -> Analysis {
+    pub(crate) fn finish(self) -> Analysis {
         self.out
     }
 
@@ -1049,94 +1055,24 @@ pub const POSIX_LIKE_SHELLS: &[&str] = &[
     "yash", "fish", "csh", "tcsh", "rbash", "posh", "bosh", "hush", "elvish", "xonsh",
 ];
 
-/// Paths that name the process's own standard input.
+/// Paths that name the process's own standard input (`stdin.rs` has the list).
 pub(crate) fn is_stdin_path(t: &str) -> bool {
-    matches!(
-        t,
-        "/dev/stdin" | "/dev/fd/0" | "/proc/self/fd/0" | "/proc/thread-self/fd/0"
-    )
+    t != "-" && super::stdin::names_stdin(&Word::literal(t))
 }
 
 /// True for a shell that would read its program from stdin (no `-c`, no script operand, or
-/// the operand is `/dev/stdin`).
+/// `-s`, or a script operand naming stdin: `stdin.rs` has the grammar).
 pub(crate) fn reads_code_from_stdin(c: &SimpleCommand) -> bool {
-    if !POSIX_LIKE_SHELLS.contains(&c.program.as_str()) {
-        return false;
-    }
-    let mut stdin = true;
-    let mut args = c.args.iter();
-    while let Some(a) = args.next() {
-        let t = a.text.as_str();
-        if t == "-s" || t == "-" {
-            return true;
-        }
-        if t.starts_with('-') && t.len() > 1 && !t.starts_with("--") && t[1..].contains('c') {
-            return false;
-        }
-        if matches!(t, "--rcfile" | "--init-file") {
-            args.next();
-            continue;
-        }
-        if !t.starts_with('-') && !t.starts_with('+') {
-            stdin = is_stdin_path(t);
-            break;
-        }
-    }
-    stdin
+    super::stdin::reads(c) == super::stdin::Reads::Shell
 }
 
 /// Whether a command runs what arrives on its standard input as code: a shell reading its
 /// program from stdin, `source /dev/stdin`, an interpreter with no script, code option or
 /// module (`python3`, `python3 -`, `perl /dev/stdin`). `python3 -m json.tool`, `node -e …`,
-/// `jq`, `awk '…'` read data.
+/// `jq`, `awk '…'` read data. The grammar of each program is in `stdin.rs`; a script operand
+/// only known at run time counts as code.
 pub fn stdin_is_code(c: &SimpleCommand) -> bool {
-    let p = c.program.as_str();
-    if matches!(p, "source" | ".") {
-        return c.args.first().is_some_and(|a| is_stdin_path(&a.text));
-    }
-    if matches!(p, "at" | "batch") {
-        return !c
-            .args
-            .iter()
-            .any(|a| a.text.starts_with("-f") || a.text == "-l");
-    }
-    if reads_code_from_stdin(c) {
-        return true;
-    }
-    let base = p.trim_end_matches(|ch: char| ch.is_ascii_digit() || ch == '.');
-    let code_options: &[&str] = match base {
-        "python" | "pypy" => &["-c", "-m"],
-        "perl" => &["-e", "-E"],
-        "ruby" => &["-e"],
-        "node" | "nodejs" => &["-e", "--eval", "-p", "--print", "-v", "--version", "-h"],
-        "php" => &["-r", "-f", "-a"],
-        "lua" | "luajit" => &["-e"],
-        "tclsh" | "Rscript" => &["-e"],
-        _ => return false,
-    };
-    for a in &c.args {
-        let t = a.text.as_str();
-        if t == "-" {
-            return true;
-        }
-        if code_options.contains(&t) || t.starts_with("--eval=") || t.starts_with("--print=") {
-            return false;
-        }
-        // A cluster ending in the code letter (`perl -lne`, `python3 -Bc`).
-        if t.starts_with('-')
-            && !t.starts_with("--")
-            && t.len() > 2
-            && code_options
-                .iter()
-                .any(|o| o.len() == 2 && t.ends_with(&o[1..]))
-        {
-            return false;
-        }
-        if !t.starts_with('-') {
-            return is_stdin_path(t);
-        }
-    }
-    true
+    super::stdin::reads(c) != super::stdin::Reads::Data
 }
 
 /// The text a pipeline stage writes when it is plainly literal: `echo …`, `printf '…'`,

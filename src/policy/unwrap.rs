@@ -147,77 +147,6 @@ const HANDLED: &[&str] = &[
     "ssh",
 ];
 
-/// Environment variables whose value a program later runs as shell code.
-const CODE_ENV: &[&str] = &[
-    "GIT_SSH_COMMAND",
-    "GIT_PAGER",
-    "PAGER",
-    "GIT_EDITOR",
-    "EDITOR",
-    "VISUAL",
-    "GIT_EXTERNAL_DIFF",
-    "GIT_SEQUENCE_EDITOR",
-    "LESSOPEN",
-    "LESSCLOSE",
-    "GIT_ASKPASS",
-    "SSH_ASKPASS",
-    "PROMPT_COMMAND",
-    "MANPAGER",
-    "SYSTEMD_PAGER",
-    "GIT_PROXY_COMMAND",
-    "RSYNC_RSH",
-    "RSYNC_CONNECT_PROG",
-    "SUDO_ASKPASS",
-    "CVS_RSH",
-    "FCEDIT",
-    "BROWSER",
-];
-/// Environment variables that inject code into whatever runs next; not analysable.
-const INJECT_ENV: &[&str] = &[
-    "LD_PRELOAD",
-    "LD_AUDIT",
-    "BASH_ENV",
-    "ENV",
-    "PERL5OPT",
-    "NODE_OPTIONS",
-    "SHELLOPTS",
-    "BASHOPTS",
-    "GIT_CONFIG_PARAMETERS",
-    "GIT_CONFIG_COUNT",
-    "GIT_CONFIG",
-    "GIT_CONFIG_GLOBAL",
-    "GIT_CONFIG_SYSTEM",
-    "GIT_EXEC_PATH",
-    "GIT_TEMPLATE_DIR",
-    "TAR_OPTIONS",
-    "JAVA_TOOL_OPTIONS",
-    "_JAVA_OPTIONS",
-    "JDK_JAVA_OPTIONS",
-    "RUBYOPT",
-    "GCONV_PATH",
-    "PERL5DB",
-];
-
-/// Whether a `NODE_OPTIONS` value makes node load a module (`-r`, `--require`, `--import`,
-/// `--loader`, `--experimental-loader`, `--inspect` opens a debugger port).
-fn node_options_load_code(v: &str) -> bool {
-    v.split_whitespace().any(|o| {
-        o == "-r"
-            || [
-                "--require",
-                "--import",
-                "--loader",
-                "--experimental-loader",
-                "--inspect",
-                "--env-file",
-                "--eval",
-                "-e",
-            ]
-            .iter()
-            .any(|p| o.starts_with(p))
-    })
-}
-
 /// git `-c key=value` keys whose value is run as a command.
 const GIT_CODE_KEYS: &[&str] = &[
     "core.pager",
@@ -447,7 +376,8 @@ impl Walker {
         direct
     }
 
-    /// Code in an environment assignment that a program will run (`GIT_SSH_COMMAND=…`).
+    /// An environment assignment given to the command that follows (`env.rs` decides what
+    /// it does: code, injection, program lookup).
     pub(crate) fn code_env(&mut self, name: &str, value: &Word, depth: usize, via: &[String]) {
         if super::exec::PROMPT_ENV.contains(&name) && name != "PROMPT_COMMAND" {
             // Prompts (and `PS4` under `set -x`) expand `$(…)` when shown.
@@ -459,32 +389,14 @@ impl Walker {
             } else {
                 self.arithmetic(&value.text, depth, via);
             }
-        } else if let Some(f) = name.strip_prefix("BASH_FUNC_") {
-            // An exported function: `BASH_FUNC_f%%='() { …; }'`.
-            let body = Word {
-                text: value.text.trim_start().trim_start_matches("()").to_string(),
-                ..value.clone()
-            };
-            let mut v = via.to_vec();
-            v.push(format!("function {}", f.trim_end_matches('%')));
-            self.code(&body, depth, &v, name);
-        } else if name.starts_with("GIT_CONFIG_KEY_") || name.starts_with("GIT_CONFIG_VALUE_") {
-            self.fail(
-                "code-injecting-environment",
-                format!("{name} sets git configuration that may run commands"),
-            );
-        } else if CODE_ENV.contains(&name) {
-            let mut v = via.to_vec();
-            v.push(format!("{name}="));
-            self.code(value, depth, &v, name);
-        } else if name == "NODE_OPTIONS" && !node_options_load_code(&value.text) && !value.dynamic {
-            // `--max-old-space-size=…`, `--enable-source-maps`: tuning, no code.
-        } else if INJECT_ENV.contains(&name) {
-            self.fail(
-                "code-injecting-environment",
-                format!("{name} makes the next program load code that is not analysed"),
-            );
+        } else {
+            self.env_var(name, value, depth, via);
         }
+    }
+
+    /// A code string (see [`Walker::code`]), for `env.rs`.
+    pub(crate) fn code_string(&mut self, code: &Word, depth: usize, via: &[String], what: &str) {
+        self.code(code, depth, via, what);
     }
 
     /// Analyses a code string; a dynamic one fails closed.
@@ -588,7 +500,13 @@ impl Walker {
         let skip = spec.operands.min(rest.len());
         rest.drain(..skip);
         if spec.assignments {
-            while rest.first().is_some_and(|w| is_assignment(&w.text)) {
+            // env(1) and sudo take any `NAME=value` before the command, not only names the
+            // shell accepts (`BASH_FUNC_ls%%=() { …; }`).
+            while rest.first().is_some_and(|w| {
+                w.text
+                    .split_once('=')
+                    .is_some_and(|(n, _)| !n.is_empty() && !n.contains('/'))
+            }) {
                 let w = rest.remove(0);
                 if let Some((name, value)) = w.text.split_once('=') {
                     let value = Word {
@@ -1185,19 +1103,6 @@ fn inline_code(args: &[Word], opts: &[&str], cluster: char) -> Option<Word> {
     None
 }
 
-fn is_assignment(t: &str) -> bool {
-    match t.split_once('=') {
-        Some((name, _)) => {
-            // `BASH_FUNC_f%%=…` is an exported function.
-            let name = name.strip_suffix("%%").unwrap_or(name);
-            !name.is_empty()
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                && !name.starts_with(|c: char| c.is_ascii_digit())
-        }
-        None => false,
-    }
-}
-
 /// Joins words into one code string as `eval` does.
 fn join_words(words: &[Word]) -> Word {
     Word {
@@ -1277,4 +1182,29 @@ fn strip_awk_strings(code: &str) -> String {
 /// Whether a program name (any path) is a wrapper that runs another command.
 pub fn is_wrapper(program: &str) -> bool {
     wrapper_spec(basename(program)).is_some()
+}
+
+/// Whether a wrapper or login program is given a command to run (`None` when that is not
+/// known or it does something else, such as `sudo -l`). Without one, most start a shell.
+pub(crate) fn runs_a_command(cmd: &SimpleCommand) -> Option<bool> {
+    let has = |names: &[&str], short: &str| option_value(&cmd.args, names, short).is_some();
+    match cmd.program.as_str() {
+        "script" | "su" => return Some(has(&["-c", "--command"], "c")),
+        "sg" => return Some(cmd.args.len() > 1),
+        "newgrp" | "login" => return Some(false),
+        _ => {}
+    }
+    let spec = wrapper_spec(&cmd.program)?;
+    for a in &cmd.args {
+        if a.text == "--" || !a.text.starts_with('-') {
+            break;
+        }
+        if !a.text.starts_with("--") && a.text[1..].chars().any(|c| spec.no_command.contains(c)) {
+            return None;
+        }
+    }
+    let mut rest = skip_options(&cmd.args, spec.short_values, spec.long_values).unwrap_or_default();
+    let skip = spec.operands.min(rest.len());
+    rest.drain(..skip);
+    Some(!rest.is_empty())
 }

@@ -4,8 +4,10 @@
 //! Owns three rules:
 //! - **Binding.** A request is identified by the SHA-256 of its canonical form ([`Canonical`]):
 //!   the exact command string or argv, the resolved cwd, the whole sorted environment, the stdin
-//!   digest, the profile name and the profile file's hash, the session. The operator's decision
-//!   must carry the hash it was shown; the waiter recomputes it before running.
+//!   digest, the terms it runs under (wall time, memory, pids, cpu, output cap, what a
+//!   disconnect does, the envelope), the profile name and the profile file's hash, the
+//!   session. The operator's decision must carry the hash it was shown; the waiter recomputes
+//!   it before running.
 //! - **Scopes never widen.** `once` lets exactly the waiting request run. `session` also lets a
 //!   later request of the *same* session with the *same* hash run, until the session ends: not
 //!   the program, not another session, not a different byte.
@@ -54,6 +56,39 @@ pub enum Kind {
     SessionProfile,
 }
 
+/// The version of [`Canonical`]: 2 added the run terms ([`Terms`]).
+pub const CANONICAL_VERSION: u32 = 2;
+
+/// The terms an exec request runs under: part of what an operator approves, so a grant given
+/// for a short, tightly limited run is not reused for a long, unlimited, detached one.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Terms {
+    pub wall_time_ms: u64,
+    pub memory: Option<u64>,
+    pub pids: Option<u64>,
+    pub cpu: Option<f64>,
+    pub nofile: u64,
+    pub output_bytes: u64,
+    /// `kill` or `detach`.
+    pub on_disconnect: &'static str,
+    pub envelope: bool,
+}
+
+impl Terms {
+    pub fn new(limits: &crate::profile::Limits, detach: bool, envelope: bool) -> Terms {
+        Terms {
+            wall_time_ms: limits.wall_time.as_millis().min(u64::MAX as u128) as u64,
+            memory: limits.memory,
+            pids: limits.pids,
+            cpu: limits.cpu,
+            nofile: limits.nofile,
+            output_bytes: limits.output_bytes,
+            on_disconnect: if detach { "detach" } else { "kill" },
+            envelope,
+        }
+    }
+}
+
 /// The canonical form of a request; its SHA-256 is the approval's `hash`. Field order is fixed
 /// by the struct and the environment is sorted, so equal requests give equal bytes.
 #[derive(Debug, Serialize)]
@@ -74,6 +109,8 @@ pub struct Canonical<'a> {
     /// The job's whole environment, sorted by name.
     pub env: Vec<(&'a str, &'a str)>,
     pub stdin_sha256: Option<String>,
+    /// The run terms of an exec request (`None` for profile binds).
+    pub terms: Option<Terms>,
 }
 
 impl Canonical<'_> {
@@ -346,8 +383,18 @@ mod tests {
     use super::*;
 
     fn canon<'a>(argv: &'a [String], env: Vec<(&'a str, &'a str)>, cwd: &str) -> String {
+        canon_terms(argv, env, cwd, None, None)
+    }
+
+    fn canon_terms<'a>(
+        argv: &'a [String],
+        env: Vec<(&'a str, &'a str)>,
+        cwd: &str,
+        stdin: Option<&str>,
+        terms: Option<Terms>,
+    ) -> String {
         Canonical {
-            v: 1,
+            v: CANONICAL_VERSION,
             kind: Kind::Exec,
             session: Some("s_1"),
             peer_uid: None,
@@ -357,9 +404,50 @@ mod tests {
             argv,
             cwd: Some(cwd.into()),
             env,
-            stdin_sha256: None,
+            stdin_sha256: stdin.map(|s| sha256_hex(s.as_bytes())),
+            terms,
         }
         .hash()
+    }
+
+    /// Issue 15 item 11: the run terms and stdin are part of what is approved.
+    #[test]
+    fn terms_and_stdin_change_the_hash() {
+        let argv = vec!["bash".to_string()];
+        let limits = crate::profile::Limits {
+            memory: Some(256 << 20),
+            pids: Some(64),
+            cpu: Some(1.0),
+            wall_time: std::time::Duration::from_secs(30),
+            nofile: 1024,
+            output_bytes: 1 << 20,
+        };
+        let h = |l: &crate::profile::Limits, detach, envelope, stdin| {
+            canon_terms(
+                &argv,
+                vec![],
+                "/w",
+                stdin,
+                Some(Terms::new(l, detach, envelope)),
+            )
+        };
+        let base = h(&limits, false, false, Some("echo hi"));
+        assert_eq!(base, h(&limits, false, false, Some("echo hi")));
+        assert_ne!(base, h(&limits, true, false, Some("echo hi")));
+        assert_ne!(base, h(&limits, false, true, Some("echo hi")));
+        assert_ne!(base, h(&limits, false, false, Some("rm -rf ./*")));
+        assert_ne!(base, h(&limits, false, false, None));
+        for change in [
+            |l: &mut crate::profile::Limits| l.wall_time = std::time::Duration::from_secs(600),
+            |l: &mut crate::profile::Limits| l.memory = None,
+            |l: &mut crate::profile::Limits| l.pids = Some(4096),
+            |l: &mut crate::profile::Limits| l.cpu = None,
+            |l: &mut crate::profile::Limits| l.output_bytes = 64 << 20,
+        ] {
+            let mut l = limits;
+            change(&mut l);
+            assert_ne!(base, h(&l, false, false, Some("echo hi")));
+        }
     }
 
     #[test]

@@ -138,7 +138,7 @@ pub(super) async fn approve_profile_bind(
         .cloned()
         .unwrap_or_default();
     let hash = Canonical {
-        v: 1,
+        v: super::approvals::CANONICAL_VERSION,
         kind: Kind::SessionProfile,
         session: None,
         peer_uid: Some(peer.uid),
@@ -149,6 +149,7 @@ pub(super) async fn approve_profile_bind(
         cwd: None,
         env: Vec::new(),
         stdin_sha256: None,
+        terms: None,
     }
     .hash();
     let expiry = srv.config.approvals.expiry;

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::daemon::{Daemon, exec_on, http, my_uid};
 use super::harness::*;
 
-fn daemon(extra: &str) -> Daemon {
+pub(super) fn daemon(extra: &str) -> Daemon {
     Daemon::start_profile(
         &format!("[allow]\nuids = [{}]\n", my_uid()),
         &source_path("policies"),
@@ -25,13 +25,17 @@ fn daemon(extra: &str) -> Daemon {
 }
 
 /// `POST /v1/exec` on another thread (it blocks until an operator decides).
-fn exec_async(d: &Daemon, token: &str, body: Value) -> std::thread::JoinHandle<(u16, Vec<Value>)> {
+pub(super) fn exec_async(
+    d: &Daemon,
+    token: &str,
+    body: Value,
+) -> std::thread::JoinHandle<(u16, Vec<Value>)> {
     let agent = d.agent();
     let token = token.to_string();
     std::thread::spawn(move || exec_on(&agent, &token, body))
 }
 
-fn operator(d: &Daemon, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+pub(super) fn operator(d: &Daemon, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
     let text = body.map(|b| b.to_string());
     let (status, _, raw) = http(
         &d.operator(),
@@ -44,7 +48,7 @@ fn operator(d: &Daemon, method: &str, path: &str, body: Option<&Value>) -> (u16,
 }
 
 /// Waits until an approval other than those in `seen` is pending, and returns it.
-fn next_pending(d: &Daemon, seen: &[String]) -> Value {
+pub(super) fn next_pending(d: &Daemon, seen: &[String]) -> Value {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let (status, v) = operator(d, "GET", "/v1/approvals", None);
@@ -73,7 +77,7 @@ fn pending_count(d: &Daemon) -> usize {
         .len()
 }
 
-fn decide(d: &Daemon, a: &Value, decision: &str, scope: &str) -> (u16, Value) {
+pub(super) fn decide(d: &Daemon, a: &Value, decision: &str, scope: &str) -> (u16, Value) {
     let id = a["approval_id"].as_str().unwrap();
     operator(
         d,
@@ -85,7 +89,7 @@ fn decide(d: &Daemon, a: &Value, decision: &str, scope: &str) -> (u16, Value) {
     )
 }
 
-fn exit_of(events: &[Value]) -> &Value {
+pub(super) fn exit_of(events: &[Value]) -> &Value {
     events
         .iter()
         .rev()
@@ -93,7 +97,7 @@ fn exit_of(events: &[Value]) -> &Value {
         .unwrap_or_else(|| panic!("no exit event in {events:?}"))
 }
 
-fn stdout_of(events: &[Value]) -> Vec<u8> {
+pub(super) fn stdout_of(events: &[Value]) -> Vec<u8> {
     events
         .iter()
         .filter(|e| e["event"] == "stdout")
@@ -101,7 +105,7 @@ fn stdout_of(events: &[Value]) -> Vec<u8> {
         .collect()
 }
 
-fn was_pending(events: &[Value]) -> bool {
+pub(super) fn was_pending(events: &[Value]) -> bool {
     events.iter().any(|e| e["event"] == "pending_approval")
 }
 
@@ -161,6 +165,9 @@ fn session_scope_covers_only_this_exact_request_in_this_session() {
     assert_eq!(stdout_of(&events), b"same\n");
 
     // One byte different (env value, cwd), another command, another session: each asks.
+    // (The cwd is compared resolved: `"."` is the workspace itself, the same request.)
+    let (_, events) = d.exec(&token, json!({"command": "mkdir -p sub"}));
+    assert_eq!(exit_of(&events)["code"], 0, "{events:?}");
     let variants = [
         (
             &token,
@@ -168,7 +175,7 @@ fn session_scope_covers_only_this_exact_request_in_this_session() {
         ),
         (
             &token,
-            json!({"command": "x=echo; $x same", "env": {"K": "1"}, "cwd": "."}),
+            json!({"command": "x=echo; $x same", "env": {"K": "1"}, "cwd": "sub"}),
         ),
         (
             &token,

@@ -16,6 +16,10 @@ fn exec_request(n: usize, command: &str) -> Event {
         command: Some(command.into()),
         argv: None,
         parse_summary: serde_json::json!({"commands": [command]}),
+        cwd: None,
+        env: None,
+        stdin: None,
+        terms: None,
     }
 }
 

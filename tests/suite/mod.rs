@@ -8,6 +8,7 @@ mod doctor;
 mod faults;
 mod files;
 mod harness;
+mod judge;
 mod load;
 mod network;
 mod pairing;

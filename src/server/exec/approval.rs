@@ -56,6 +56,9 @@ pub(super) async fn pend(
         "argv": job.argv,
         "cwd": job.cwd.as_ref().unwrap_or(&job.workspace),
         "env_keys": env_keys,
+        "env": super::shown::env(&job.env, &job.requested_env),
+        "stdin": super::shown::stdin(explained.stdin.as_ref()),
+        "terms": job.terms(),
         "parsed": explained.commands.iter().map(|c| serde_json::json!({
             "command": c.command, "verdict": c.verdict, "matched": c.matched, "via": c.via,
         })).collect::<Vec<_>>(),

@@ -6,6 +6,7 @@ mod approval;
 mod launch;
 mod relay;
 mod request;
+mod shown;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,18 +20,18 @@ use tokio::sync::mpsc;
 
 use super::Server;
 use super::api::{ApiError, Body, Peer, internal, ndjson, read_required, stream_response};
-use super::approvals::{Canonical, Kind, Scope};
+use super::approvals::{CANONICAL_VERSION, Canonical, Kind, Scope, Terms};
 use super::auth;
 use super::guard::OutputGuard;
 use super::state::{Job, JobState, Metrics};
 use crate::audit::{Approval, Event};
-use crate::policy::{Command, Context, Verdict};
+use crate::policy::{Command, Context, Request as PolicyRequest, Verdict};
 use crate::units::parse_duration;
 use approval::pend;
 use launch::launch;
 pub(crate) use request::ExecBody;
 pub use request::SANDBOX_PATH;
-use request::{DurationValue, OnDisconnect, environment, inside, whole};
+use request::{DurationValue, OnDisconnect, environment, resolve_cwd, whole};
 
 pub(super) async fn exec(
     srv: &Arc<Server>,
@@ -79,11 +80,24 @@ pub(super) async fn exec(
     if argv.iter().any(|a| a.contains('\0')) {
         return Err(ApiError::bad("argv contains a NUL byte"));
     }
+    // Resolved strictly beneath the workspace, no symlinks: what the operator sees is where
+    // the job starts.
     let cwd = match &body.cwd {
         None => None,
-        Some(c) => Some(inside(&workspace, c)?),
+        Some(c) => Some(resolve_cwd(&workspace, c)?),
     };
+    let rel_cwd = cwd
+        .as_ref()
+        .and_then(|c| c.strip_prefix(&workspace).ok())
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let env = environment(&body.env)?;
+    // The variables the request set are judged; the defaults the daemon adds are not.
+    let requested_env: Vec<(String, String)> = body
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let mut limits = profile.limits;
     if let Some(t) = &body.timeout {
         let d = match t {
@@ -155,7 +169,20 @@ pub(super) async fn exec(
         Some(s) => Command::Shell(s),
         None => Command::Argv(&argv),
     };
-    let explained = profile.policy.explain(command, &ctx);
+    let explained = profile.policy.explain_request(
+        &PolicyRequest {
+            command,
+            stdin: stdin.as_deref(),
+            env: &requested_env,
+            cwd: &rel_cwd,
+        },
+        &ctx,
+    );
+    let detach = match body.on_disconnect {
+        Some(o) => o == OnDisconnect::Detach,
+        None => srv.config.detach.default_detach,
+    };
+    let requested_names: Vec<String> = requested_env.iter().map(|(k, _)| k.clone()).collect();
     let decision = explained.decision.clone();
     let envelope = match body.envelope {
         true => Some((
@@ -178,6 +205,15 @@ pub(super) async fn exec(
             command: shell.clone(),
             argv: shell.is_none().then(|| argv.clone()),
             parse_summary,
+            cwd: Some(
+                cwd.as_ref()
+                    .unwrap_or(&workspace)
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
+            env: Some(shown::env(&env, &requested_names)),
+            stdin: Some(shown::stdin(explained.stdin.as_ref())),
+            terms: serde_json::to_value(Terms::new(&limits, detach, body.envelope)).ok(),
         },
         Event::Verdict {
             job: job_id.clone(),
@@ -213,10 +249,9 @@ pub(super) async fn exec(
         sandbox_id,
         workspace_read_only,
         stdin,
-        detach: match body.on_disconnect {
-            Some(o) => o == OnDisconnect::Detach,
-            None => srv.config.detach.default_detach,
-        },
+        detach,
+        envelope: body.envelope,
+        requested_env: requested_names,
         allow_degraded: profile
             .sandbox
             .allow_degraded
@@ -295,6 +330,10 @@ struct Prepared {
     stdin: Option<Vec<u8>>,
     /// `on_disconnect = "detach"`: the job outlives its client and its output is retained.
     detach: bool,
+    /// The request asked for the output envelope in the exit event.
+    envelope: bool,
+    /// Names of the variables the request set (the rest are the daemon's defaults).
+    requested_env: Vec<String>,
     allow_degraded: Vec<String>,
     /// The output guard for this job's streams (issue 6).
     guard: OutputGuard,
@@ -306,6 +345,11 @@ struct Prepared {
 }
 
 impl Prepared {
+    /// The terms the job runs under, as approved.
+    fn terms(&self) -> Terms {
+        Terms::new(&self.limits, self.detach, self.envelope)
+    }
+
     /// The canonical request an approval is bound to (see `approvals::Canonical`).
     fn canonical(&self) -> Canonical<'_> {
         let mut env: Vec<(&str, &str)> = self
@@ -315,7 +359,7 @@ impl Prepared {
             .collect();
         env.sort();
         Canonical {
-            v: 1,
+            v: CANONICAL_VERSION,
             kind: Kind::Exec,
             session: Some(&self.session),
             peer_uid: None,
@@ -332,6 +376,7 @@ impl Prepared {
             ),
             env,
             stdin_sha256: self.stdin.as_deref().map(crate::config::sha256_hex),
+            terms: Some(self.terms()),
         }
     }
 }

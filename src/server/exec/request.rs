@@ -108,6 +108,67 @@ pub(super) fn inside(workspace: &Path, cwd: &str) -> Result<PathBuf, ApiError> {
     Ok(full)
 }
 
+/// `cwd` resolved strictly beneath the workspace: lexically inside (see [`inside`]), then
+/// opened with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)` from
+/// the workspace, so no component is a symlink (a job can plant `scratch -> /usr`) and the
+/// path shown to the operator is where the job starts. It must be a directory.
+///
+/// A job running at the same time could still swap a component for a symlink before the next
+/// job starts there; the sandbox's mount view is the fence for that (the job then only sees
+/// what its own sandbox binds).
+pub(super) fn resolve_cwd(workspace: &Path, cwd: &str) -> Result<PathBuf, ApiError> {
+    use crate::sandbox::sys::{self, RESOLVE_STRICT};
+    use std::os::fd::AsFd;
+    use std::os::unix::ffi::OsStrExt;
+    let full = inside(workspace, cwd)?;
+    let Ok(rel) = full.strip_prefix(workspace) else {
+        return Err(ApiError::bad("cwd must be inside the session's workspace"));
+    };
+    if rel.as_os_str().is_empty() {
+        return Ok(workspace.to_path_buf());
+    }
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).ok();
+    let (Some(ws_c), Some(rel_c)) = (c(workspace), c(rel)) else {
+        return Err(ApiError::bad("cwd contains a NUL byte"));
+    };
+    let ws = sys::open(
+        &ws_c,
+        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        0,
+    )
+    .map(sys::owned)
+    .map_err(|e| {
+        ApiError::bad(format!(
+            "the session's workspace cannot be opened: {}",
+            e.describe()
+        ))
+    })?;
+    match sys::openat2(
+        ws.as_fd(),
+        &rel_c,
+        libc::O_PATH | libc::O_DIRECTORY,
+        RESOLVE_STRICT,
+    ) {
+        Ok(_) => Ok(full),
+        Err(e) => {
+            let why = match e.0 {
+                libc::ELOOP | libc::EXDEV => {
+                    "passes through a symlink; fix: give the real directory inside the workspace"
+                }
+                libc::ENOENT => {
+                    "does not exist; fix: create it first or give an existing directory"
+                }
+                libc::ENOTDIR => "is not a directory",
+                _ => "cannot be opened",
+            };
+            Err(ApiError::bad(format!(
+                "cwd {cwd:?} {why} ({})",
+                e.describe()
+            )))
+        }
+    }
+}
+
 /// The clean environment: PATH, HOME, LANG, TERM, then the request's variables.
 pub(super) fn environment(
     extra: &BTreeMap<String, String>,
@@ -148,5 +209,25 @@ mod tests {
         assert!(inside(ws, "../s_2").is_err());
         assert!(inside(ws, "/srv/ws/s_2").is_err());
         assert!(inside(ws, "/etc").is_err());
+    }
+
+    /// Issue 15 item 12: a cwd through a symlink out of the workspace is refused; a real
+    /// directory resolves to itself.
+    #[test]
+    fn cwd_is_resolved_beneath_the_workspace_without_symlinks() {
+        let t = tempfile::tempdir().unwrap();
+        let ws = t.path();
+        std::fs::create_dir_all(ws.join("src/sub")).unwrap();
+        std::os::unix::fs::symlink("/usr", ws.join("scratch")).unwrap();
+        std::os::unix::fs::symlink("src", ws.join("link")).unwrap();
+        std::fs::write(ws.join("file"), "").unwrap();
+        assert_eq!(resolve_cwd(ws, "src/sub").unwrap(), ws.join("src/sub"));
+        assert_eq!(resolve_cwd(ws, "").unwrap(), ws);
+        for bad in ["scratch", "scratch/bin", "link/sub", "missing", "file"] {
+            let e = resolve_cwd(ws, bad).unwrap_err();
+            assert!(e.body().contains("cwd"), "{bad}: {}", e.body());
+        }
+        let e = resolve_cwd(ws, "scratch").unwrap_err();
+        assert!(e.body().contains("symlink"), "{}", e.body());
     }
 }
