@@ -47,9 +47,11 @@ exec_props["limits"]["properties"].update({
     "pids": {"type": ["integer", "null"], "minimum": 1, "maximum": 512},
     "cpu": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 2},
 })
-# - An absolute `cwd` is valid only under the session's workspace, a path the spec cannot
-#   know: here `cwd` is relative.
-exec_props["cwd"]["pattern"] = "^(?!/)" + exec_props["cwd"]["pattern"].removeprefix("^")
+# - A `cwd` must be an existing directory of the session's workspace, reached without a
+#   symlink (resolved with openat2 beneath it), and the harness's workspace is empty: here
+#   `cwd` is the workspace itself. Other values are covered by tests/suite/judge.rs and the
+#   unit tests of server/exec/request.rs.
+exec_props["cwd"] = {"type": ["string", "null"], "enum": [".", "", "./", None]}
 spec["components"]["schemas"]["SessionRequest"]["properties"]["profile"] = {
     "type": ["string", "null"],
     "enum": ["default", None],

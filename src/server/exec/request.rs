@@ -124,9 +124,13 @@ pub(super) fn resolve_cwd(workspace: &Path, cwd: &str) -> Result<PathBuf, ApiErr
     let Ok(rel) = full.strip_prefix(workspace) else {
         return Err(ApiError::bad("cwd must be inside the session's workspace"));
     };
+    // Without `.` components or doubled slashes: the path shown and hashed is the directory.
+    let rel: PathBuf = rel.components().collect();
     if rel.as_os_str().is_empty() {
         return Ok(workspace.to_path_buf());
     }
+    let full = workspace.join(&rel);
+    let rel = rel.as_path();
     let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).ok();
     let (Some(ws_c), Some(rel_c)) = (c(workspace), c(rel)) else {
         return Err(ApiError::bad("cwd contains a NUL byte"));
@@ -223,6 +227,8 @@ mod tests {
         std::fs::write(ws.join("file"), "").unwrap();
         assert_eq!(resolve_cwd(ws, "src/sub").unwrap(), ws.join("src/sub"));
         assert_eq!(resolve_cwd(ws, "").unwrap(), ws);
+        assert_eq!(resolve_cwd(ws, "./").unwrap(), ws);
+        assert_eq!(resolve_cwd(ws, "src/./sub//").unwrap(), ws.join("src/sub"));
         for bad in ["scratch", "scratch/bin", "link/sub", "missing", "file"] {
             let e = resolve_cwd(ws, bad).unwrap_err();
             assert!(e.body().contains("cwd"), "{bad}: {}", e.body());
