@@ -68,6 +68,7 @@ fn original() -> &'static Vec<u8> {
                 reason: "exited".into(),
                 usage: serde_json::Value::Null,
                 protection: None,
+                network: None,
             },
             Event::DaemonStop {},
         ] {

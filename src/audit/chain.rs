@@ -165,6 +165,11 @@ pub enum Event {
         /// absent when the job did not run.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         protection: Option<serde_json::Value>,
+        /// The exit event's `network` (`network = "allowlist"`): every DNS answer and
+        /// connection of the job, with verdict, rule, addresses and bytes (bounded; counters
+        /// past the bound).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        network: Option<serde_json::Value>,
     },
     ConfigReload {
         config_sha256: String,

@@ -21,7 +21,7 @@ mod sniff;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use service::{Running, start};
 
@@ -106,7 +106,7 @@ impl Pool {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     Allowed,
@@ -115,27 +115,27 @@ pub enum Verdict {
 }
 
 /// One DNS answer or connection, as recorded.
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct NetEvent {
     /// `dns` or `connect`.
-    pub kind: &'static str,
+    pub kind: String,
     pub name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qtype: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     /// The pool address the job used or was given.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synthetic: Option<String>,
     /// The address connected to upstream.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
     pub verdict: Verdict,
     /// The `network.allow` entry that allowed it.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
     /// Why it was refused (or a note on an allowed answer).
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
     pub bytes_up: u64,
     pub bytes_down: u64,
@@ -145,13 +145,13 @@ pub struct NetEvent {
 impl NetEvent {
     fn dns() -> NetEvent {
         NetEvent {
-            kind: "dns",
+            kind: "dns".into(),
             ..Default::default()
         }
     }
     fn connect(port: u16) -> NetEvent {
         NetEvent {
-            kind: "connect",
+            kind: "connect".into(),
             port: Some(port),
             ..Default::default()
         }
@@ -159,7 +159,7 @@ impl NetEvent {
 }
 
 /// What the network supervisor saw during one job (part of the exit report).
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct NetReport {
     pub dns_answered: u64,
     pub dns_refused: u64,
@@ -175,7 +175,7 @@ pub struct NetReport {
 
 impl NetReport {
     fn record(&mut self, ev: NetEvent) {
-        match (ev.kind, ev.verdict) {
+        match (ev.kind.as_str(), ev.verdict) {
             ("dns", Verdict::Allowed) => self.dns_answered += 1,
             ("dns", Verdict::Denied) => self.dns_refused += 1,
             (_, Verdict::Allowed) => self.connections_allowed += 1,
@@ -185,7 +185,7 @@ impl NetReport {
         self.bytes_down += ev.bytes_down;
         match ev.verdict {
             Verdict::Allowed => tracing::info!(
-                kind = ev.kind,
+                kind = %ev.kind,
                 name = %ev.name,
                 port = ev.port,
                 upstream = ev.upstream.as_deref(),
@@ -195,7 +195,7 @@ impl NetReport {
                 "network: allowed"
             ),
             Verdict::Denied => tracing::warn!(
-                kind = ev.kind,
+                kind = %ev.kind,
                 name = %ev.name,
                 port = ev.port,
                 reason = %ev.reason,

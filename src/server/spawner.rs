@@ -87,7 +87,7 @@ pub enum SupervisorEvent {
     /// The supervisor exists and is about to build the sandbox.
     Started { pid: i32 },
     /// The job ran; how it ended.
-    Finished(WireExit),
+    Finished(Box<WireExit>),
     /// Nothing ran: the sandbox could not be built (stable `{step, errno, message}`).
     SetupError {
         step: String,
@@ -113,6 +113,9 @@ pub struct WireExit {
     pub degraded: Vec<String>,
     /// What the host-side protection guarded and quarantined (`sandbox::protect`).
     pub protection: sandbox::protect::ProtectionReport,
+    /// DNS answers and connections of a `network = "allowlist"` job (`crate::net`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::net::NetReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -154,6 +157,7 @@ impl WireExit {
             stderr_truncated: o.stderr_truncated,
             degraded: o.degraded.iter().map(|d| d.name().to_string()).collect(),
             protection: o.protection.clone(),
+            network: o.network.clone(),
         }
     }
 }
@@ -613,7 +617,7 @@ fn supervise(
         stderr: fds.stderr,
     };
     let ev = match sandbox::run(spec, &mut sink, Some((cancel.as_fd(), &mut drain))) {
-        Ok(outcome) => SupervisorEvent::Finished(WireExit::from_outcome(&outcome)),
+        Ok(outcome) => SupervisorEvent::Finished(Box::new(WireExit::from_outcome(&outcome))),
         Err(e) => SupervisorEvent::SetupError {
             step: e.step().to_string(),
             errno: e.errno(),

@@ -272,6 +272,10 @@ pub struct Metrics {
     /// From the exec request's arrival to the job's `started`, [without, with] a wait for an
     /// operator's approval.
     pub queue_wait: [super::histogram::Histogram; 2],
+    /// `network = "allowlist"` jobs: connections relayed and refused, DNS names refused.
+    pub net_allowed: AtomicU64,
+    pub net_denied: AtomicU64,
+    pub net_dns_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -375,6 +379,24 @@ impl Metrics {
             "pairing_alerts_total",
             "Guessing alerts: failures reached pairing.alert_after and every outstanding code was invalidated.",
             g(&self.pairing_alerts),
+            "counter",
+        );
+        counter(
+            "net_connections_allowed_total",
+            "Connections of allowlist jobs relayed (counted when the job ends).",
+            g(&self.net_allowed),
+            "counter",
+        );
+        counter(
+            "net_connections_denied_total",
+            "Connections of allowlist jobs refused by the network supervisor (counted when the job ends).",
+            g(&self.net_denied),
+            "counter",
+        );
+        counter(
+            "net_dns_refused_total",
+            "DNS names of allowlist jobs answered NXDOMAIN or REFUSED (counted when the job ends).",
+            g(&self.net_dns_refused),
             "counter",
         );
         counter(

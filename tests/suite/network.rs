@@ -420,3 +420,62 @@ fn the_job_keeps_its_own_loopback_and_nothing_outlives_it() {
         "upstream saw EOF"
     );
 }
+
+#[test]
+fn through_the_daemon_refusals_are_events_audit_records_and_metrics() {
+    use super::daemon::{Daemon, http, my_uid};
+    let port = upstream();
+    let job = NetJob::new(&allow_list(port, 1));
+    let profiles = tempfile::tempdir().unwrap();
+    std::fs::copy(&job.policy, profiles.path().join("net.toml")).unwrap();
+    let d = Daemon::start_profile(
+        &format!("[allow]\nuids = [{}]\n", my_uid()),
+        profiles.path(),
+        "net",
+        "",
+    );
+    let (_, token) = d.session();
+    let (status, events) = d.exec(
+        &token,
+        serde_json::json!({"argv": ["/bin/sh", "-c", format!(
+            "curl -sS -m 20 http://allowed.test:{port}/; getent hosts evil.test || echo none"
+        )]}),
+    );
+    assert_eq!(status, 200);
+    let denied: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "net_denied")
+        .collect();
+    assert!(
+        denied
+            .iter()
+            .any(|e| e["host"] == "evil.test" && e["kind"] == "dns"),
+        "{events:?}"
+    );
+    assert!(
+        denied
+            .iter()
+            .all(|e| e["hint"].as_str().is_some_and(|h| !h.is_empty()))
+    );
+    let exit = events.last().unwrap();
+    assert_eq!(exit["event"], "exit", "{events:?}");
+    assert_eq!(exit["code"], 0, "{exit}");
+    assert_eq!(exit["network"]["connections_allowed"], 1, "{exit}");
+    // The hash-chained audit log has the job's network record.
+    let audit = std::fs::read_to_string(d.dir.path().join("audit.jsonl")).unwrap();
+    let rec = audit
+        .lines()
+        .find(|l| l.contains("\"job_exit\"") && l.contains("evil.test"))
+        .unwrap_or_else(|| panic!("no job_exit with the network record: {audit}"));
+    assert!(rec.contains(&format!("127.0.0.1:{port}")), "{rec}");
+    let (_, _, metrics) = http(&d.operator(), "GET", "/metrics", None, None);
+    let metrics = text(&metrics);
+    assert!(
+        metrics.contains("execbox_net_connections_allowed_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("execbox_net_dns_refused_total 2"),
+        "{metrics}"
+    );
+}

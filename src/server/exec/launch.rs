@@ -160,6 +160,7 @@ pub(super) async fn launch(
             reason: "setup_failed".into(),
             usage: serde_json::Value::Null,
             protection: None,
+            network: None,
         });
         if let Some(a) = accepted {
             let _ = tx.try_send(a);

@@ -126,6 +126,9 @@ impl Relay {
         let mut exit = match result {
             Some(SupervisorEvent::Finished(w)) => {
                 Metrics::inc(&self.srv.metrics.jobs_finished);
+                if let Some(net) = &w.network {
+                    self.network_events(&mut client_gone, net).await;
+                }
                 let mut v = serde_json::to_value(&w).unwrap_or_default();
                 if let Some(o) = v.as_object_mut() {
                     o.insert("event".into(), "exit".into());
@@ -190,6 +193,7 @@ impl Relay {
                     .into(),
                 usage,
                 protection: exit.get("protection").cloned(),
+                network: exit.get("network").cloned(),
             })
             .await;
         // GET /v1/jobs/{id} keeps the exit event without the (large) envelope.
@@ -214,6 +218,35 @@ impl Relay {
             .finish(&self.job, JobState::Finished, kept, keep);
         if !client_gone {
             let _ = self.tx.send(ndjson(exit)).await;
+        }
+    }
+
+    /// An allowlist job's network record: counted in the metrics, and every refusal told to
+    /// the agent as a `net_denied` event (before `exit`) with the rule and a hint.
+    async fn network_events(&self, gone: &mut bool, net: &crate::net::NetReport) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = &self.srv.metrics;
+        m.net_allowed.fetch_add(net.connections_allowed, Relaxed);
+        m.net_denied.fetch_add(net.connections_denied, Relaxed);
+        m.net_dns_refused.fetch_add(net.dns_refused, Relaxed);
+        for ev in net
+            .events
+            .iter()
+            .filter(|e| e.verdict == crate::net::Verdict::Denied)
+        {
+            let hint = if ev.kind == "dns" {
+                "the name is not in [network] allow of the profile; ask the operator to add it"
+                    .to_string()
+            } else {
+                format!(
+                    "allowed names are reached by name on the ports their entry names; {}",
+                    "ask the operator to extend [network] allow if this host is needed"
+                )
+            };
+            let v = serde_json::json!({"event": "net_denied", "job": self.job,
+                "kind": ev.kind, "host": ev.name, "port": ev.port, "rule": ev.rule,
+                "detail": ev.reason, "hint": hint});
+            self.emit(gone, v).await;
         }
     }
 
