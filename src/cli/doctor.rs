@@ -1,5 +1,6 @@
 //! `execbox doctor [--json] [--fix] [--config FILE]`: runs [`crate::doctor`] and reports.
-//! Exit 0 all ok, 1 warnings, 2 failures. Must stay single-threaded: the kernel probes fork.
+//! Exit 0 all ok (advice included), 1 warnings (or advice with `--strict`), 2 failures. Must
+//! stay single-threaded: the kernel probes fork.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -19,8 +20,10 @@ Examples:
   execbox doctor --config /etc/execbox/execbox.toml --fix
   execbox doctor --json | jq '.[] | select(.status != \"ok\")'
 
-Exit status: 0 every check ok, 1 warnings, 2 failures. `execbox serve` runs the same checks at
-start and refuses to start on a failure.")]
+Exit status: 0 every check ok or only advice (`info`: performance, e.g. cgroup.favordynmods),
+1 warnings (security or function degraded; with --strict, advice too), 2 failures. So
+`execbox doctor && systemctl start execbox` works on a healthy host. `execbox serve` runs the
+same checks at start and refuses to start on a failure.")]
 pub struct DoctorArgs {
     /// Print the checks as a JSON array on stdout
     #[arg(long)]
@@ -28,6 +31,9 @@ pub struct DoctorArgs {
     /// Repair what is safe to repair (modes, missing directories) and print each change
     #[arg(long)]
     fix: bool,
+    /// Exit 1 on advice (`info`, performance only) too, not only on warnings
+    #[arg(long)]
+    strict: bool,
     /// The daemon's configuration file [default: /etc/execbox/execbox.toml when it exists]
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -67,5 +73,5 @@ pub fn doctor(args: DoctorArgs) -> ExitCode {
     } else {
         print!("{}", doctor::render(&checks));
     }
-    ExitCode::from(doctor::exit_code(&checks))
+    ExitCode::from(doctor::exit_code(&checks, args.strict))
 }

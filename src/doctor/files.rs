@@ -124,6 +124,7 @@ pub fn judge(mode: u32, expected: u32) -> Status {
 fn verdict(id: &'static str, title: &str, status: Status, evidence: String, fix: String) -> Check {
     match status {
         Status::Ok => Check::ok(id, title, evidence),
+        Status::Info => Check::info(id, title, evidence, fix),
         Status::Warn => Check::warn(id, title, evidence, fix),
         Status::Fail => Check::fail(id, title, evidence, fix),
     }

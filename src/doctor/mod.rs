@@ -32,6 +32,9 @@ use crate::config::Config;
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Ok,
+    /// Advice: performance, not security or function (`cgroup.favordynmods`). Exit 0 unless
+    /// `--strict`, so `doctor && systemctl start execbox` works on a healthy host.
+    Info,
     Warn,
     Fail,
 }
@@ -40,6 +43,7 @@ impl Status {
     pub fn label(self) -> &'static str {
         match self {
             Status::Ok => "ok",
+            Status::Info => "info",
             Status::Warn => "warn",
             Status::Fail => "FAIL",
         }
@@ -67,6 +71,16 @@ impl Check {
             evidence: evidence.into(),
             fix: None,
         }
+    }
+
+    /// Advice that does not affect security or whether jobs run (exit 0; see [`Status::Info`]).
+    pub fn info(
+        id: &'static str,
+        title: impl Into<String>,
+        evidence: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Check {
+        Check::with_fix(Status::Info, id, title, evidence, fix)
     }
 
     pub fn warn(
@@ -177,10 +191,12 @@ pub fn worst(checks: &[Check]) -> Status {
     checks.iter().map(|c| c.status).max().unwrap_or(Status::Ok)
 }
 
-/// The exit code `execbox doctor` uses: 0 all ok, 1 warnings, 2 failures.
-pub fn exit_code(checks: &[Check]) -> u8 {
+/// The exit code `execbox doctor` uses: 0 all ok (advice included), 1 warnings, 2 failures;
+/// with `strict`, advice counts as a warning.
+pub fn exit_code(checks: &[Check], strict: bool) -> u8 {
     match worst(checks) {
         Status::Ok => 0,
+        Status::Info => u8::from(strict),
         Status::Warn => 1,
         Status::Fail => 2,
     }
@@ -201,15 +217,16 @@ pub fn render(checks: &[Check]) -> String {
             s.push_str(&format!("{:>29} {fix}\n", "fix:"));
         }
     }
-    let (w, f) = checks.iter().fold((0, 0), |(w, f), c| match c.status {
-        Status::Warn => (w + 1, f),
-        Status::Fail => (w, f + 1),
-        Status::Ok => (w, f),
-    });
+    let count = |st: Status| checks.iter().filter(|c| c.status == st).count();
+    let (i, w, f) = (
+        count(Status::Info),
+        count(Status::Warn),
+        count(Status::Fail),
+    );
     s.push_str(&format!(
-        "{} checks: {} ok, {w} warnings, {f} failures\n",
+        "{} checks: {} ok, {i} advice, {w} warnings, {f} failures\n",
         checks.len(),
-        checks.len() - w - f
+        count(Status::Ok)
     ));
     s
 }
@@ -223,10 +240,20 @@ mod tests {
         let ok = Check::ok("a", "a", "fine");
         let warn = Check::warn("b", "b", "meh", "do x");
         let fail = Check::fail("c", "c", "bad", "do y");
-        assert_eq!(exit_code(&[]), 0);
-        assert_eq!(exit_code(std::slice::from_ref(&ok)), 0);
-        assert_eq!(exit_code(&[ok.clone(), warn.clone()]), 1);
-        assert_eq!(exit_code(&[fail.clone(), ok, warn]), 2);
+        let info = Check::info("d", "d", "slow", "do z");
+        assert_eq!(exit_code(&[], false), 0);
+        assert_eq!(exit_code(std::slice::from_ref(&ok), false), 0);
+        assert_eq!(exit_code(&[ok.clone(), warn.clone()], false), 1);
+        assert_eq!(
+            exit_code(&[fail.clone(), ok.clone(), warn.clone()], false),
+            2
+        );
+        // Advice (performance) does not fail `doctor && systemctl start` (issue 22 item 5)…
+        assert_eq!(exit_code(&[ok.clone(), info.clone()], false), 0);
+        // …unless --strict asks for the old behaviour.
+        assert_eq!(exit_code(&[ok.clone(), info.clone()], true), 1);
+        assert_eq!(exit_code(&[info.clone(), warn.clone()], false), 1);
+        assert_eq!(exit_code(&[info, fail], true), 2);
     }
 
     #[test]
@@ -243,10 +270,15 @@ mod tests {
         let r = render(&[
             Check::ok("a", "A", "fine"),
             Check::fail("b", "B", "bad", "run z"),
+            Check::info("c", "C", "slow", "tune y"),
         ]);
         assert!(r.contains("[  ok] a"), "{r}");
         assert!(r.contains("[FAIL] b"), "{r}");
         assert!(r.contains("fix: run z"), "{r}");
-        assert!(r.contains("2 checks: 1 ok, 0 warnings, 1 failures"), "{r}");
+        assert!(r.contains("[info] c"), "{r}");
+        assert!(
+            r.contains("3 checks: 1 ok, 1 advice, 0 warnings, 1 failures"),
+            "{r}"
+        );
     }
 }

@@ -445,6 +445,7 @@ fn start_checks(config: &Config) -> Result<(), ServeError> {
         let fix = c.fix.as_deref().unwrap_or("");
         match c.status {
             Status::Ok => tracing::debug!(check = c.id, "{}: {}", c.title, c.evidence),
+            Status::Info => tracing::info!(check = c.id, fix, "{}: {}", c.title, c.evidence),
             Status::Warn => tracing::warn!(check = c.id, fix, "{}: {}", c.title, c.evidence),
             Status::Fail => {
                 tracing::error!(check = c.id, fix, "{}: {}", c.title, c.evidence);
