@@ -60,6 +60,10 @@ fn original() -> &'static Vec<u8> {
                 command: Some("echo \"hi\" | tr a-z A-Z".into()),
                 argv: None,
                 parse_summary: serde_json::json!({"commands": 2}),
+                cwd: Some("/w".into()),
+                env: Some(serde_json::json!({"vars": {"PATH": "/usr/bin"}})),
+                stdin: Some(serde_json::Value::Null),
+                terms: None,
             },
             Event::ApprovalGranted(approval),
             Event::JobExit {
