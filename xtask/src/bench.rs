@@ -9,8 +9,10 @@
 //! 3. Throughput of 1 GiB of stdout through `execbox run` and the daemon vs the same producer
 //!    into a plain pipe.
 //! 4. Policy check time per command over the detection corpus.
+//! 5. `network = "allowlist"` against `"none"`: start latency and a download (`bench_net.rs`).
 //!
-//! Options: `--rounds N` (default 300), `--bytes N` (default 1 GiB), `--workspace DIR`.
+//! Options: `--rounds N` (default 300), `--bytes N` (default 1 GiB), `--workspace DIR`,
+//! `--only network` (section 5 alone).
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -34,14 +36,18 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut rounds = 300usize;
     let mut bytes: u64 = 1 << 30;
     let mut workspace: Option<PathBuf> = None;
+    let mut only_network = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--rounds" => rounds = it.next().context("--rounds N")?.parse()?,
             "--bytes" => bytes = it.next().context("--bytes N")?.parse()?,
             "--workspace" => workspace = Some(it.next().context("--workspace DIR")?.into()),
+            "--only" if it.next().map(String::as_str) == Some("network") => only_network = true,
             other => {
-                bail!("unknown option {other}; options: --rounds N, --bytes N, --workspace DIR")
+                bail!(
+                    "unknown option {other}; options: --rounds N, --bytes N, --workspace DIR, --only network"
+                )
             }
         }
     }
@@ -54,6 +60,11 @@ pub fn run(args: &[String]) -> Result<()> {
     let exe = execbox.display().to_string();
 
     describe_machine();
+    if only_network {
+        crate::bench_net::run(&exe, &ws_s, bytes, rounds)?;
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Ok(());
+    }
     let daemon = crate::daemon::Daemon::start(&exe, bytes * 2)?;
     let sock_s = daemon.sock.display().to_string();
     let mut subjects = vec![
@@ -181,6 +192,7 @@ pub fn run(args: &[String]) -> Result<()> {
     throughput(&exe, &ws_s, bytes, &sock_s)?;
     drop(daemon);
     policy_latency()?;
+    crate::bench_net::run(&exe, &ws_s, bytes, rounds)?;
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }

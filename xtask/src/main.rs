@@ -9,6 +9,7 @@
 //! - `deb`: the Debian package (`[package.metadata.deb]` in Cargo.toml, built with dpkg-deb).
 
 mod bench;
+mod bench_net;
 mod ci;
 mod daemon;
 mod fuzz;
