@@ -398,7 +398,8 @@ fn the_job_keeps_its_own_loopback_and_nothing_outlives_it() {
     // A local server on the job's lo (any port but the captured ones) works beside the relay.
     let local = "import socket, threading\ns = socket.socket(); s.bind((\"127.0.0.1\", 0)); s.listen()\nthreading.Thread(target=lambda: s.accept()[0].sendall(b\"local\"), daemon=True).start()\nprint(socket.create_connection(s.getsockname(), timeout=10).recv(5).decode())";
     assert_eq!(ok(&job.py(local)), "local\n");
-    // A connection left open when the job ends is closed with it.
+    // A connection left open when the job ends is closed with it (the job ends as soon as
+    // its client has sent its greeting, however long python takes to start).
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let p2 = l.local_addr().unwrap().port();
     let job = NetJob::new(&allow_list(p2, 1));
@@ -412,7 +413,7 @@ fn the_job_keeps_its_own_loopback_and_nothing_outlives_it() {
         let _ = tx.send(s.read(&mut buf).map(|n| n == 0).unwrap_or(true));
     });
     let o = job.sh(&format!(
-        "/usr/bin/python3 -c 'import socket, time; s = socket.create_connection((\"allowed.test\", {p2})); s.sendall(b\"hello\\n\"); time.sleep(60)' & sleep 2; exit 0"
+        "/usr/bin/python3 -c 'import socket, time; s = socket.create_connection((\"allowed.test\", {p2})); s.sendall(b\"hello\\n\"); open(\"up\", \"w\").close(); time.sleep(60)' & i=0; while [ ! -e up ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; exit 0"
     ));
     ok(&o);
     assert!(
