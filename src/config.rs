@@ -124,6 +124,10 @@ pub struct ApprovalsConfig {
 pub struct AuditConfig {
     pub path: PathBuf,
     pub rotation: crate::audit::RotationPolicy,
+    /// Audit bytes per second one session's requests may cause (burst: 10 s worth).
+    pub session_rate: u64,
+    /// Audit bytes per second one peer uid's requests may cause, all its sessions together.
+    pub uid_rate: u64,
 }
 
 /// SO_PEERCRED allowlist for the agent socket. Default deny.
@@ -277,6 +281,9 @@ struct RawAudit {
     path: Option<PathBuf>,
     max_bytes: Option<String>,
     keep: Option<usize>,
+    max_field_bytes: Option<String>,
+    session_rate: Option<String>,
+    uid_rate: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -749,8 +756,50 @@ impl RawConfig {
                     "audit.keep",
                     self.audit.keep.unwrap_or(default_rotation.keep),
                 )?,
+                max_field_bytes: size(
+                    "audit.max_field_bytes",
+                    self.audit.max_field_bytes,
+                    default_rotation.max_field_bytes as u64,
+                )? as usize,
             },
+            session_rate: size("audit.session_rate", self.audit.session_rate, 256 << 10)?,
+            uid_rate: size("audit.uid_rate", self.audit.uid_rate, 1 << 20)?,
         };
+        let field = audit.rotation.max_field_bytes;
+        if !(crate::audit::bound::MIN_FIELD_BYTES..=1 << 20).contains(&field) {
+            return Err(invalid(
+                "audit.max_field_bytes",
+                format!("{field} bytes is outside 256B..=1MiB"),
+                "write e.g. \"4KiB\"",
+            ));
+        }
+        if field as u64 * 16 > audit.rotation.max_bytes {
+            return Err(invalid(
+                "audit.max_field_bytes",
+                "is more than a sixteenth of audit.max_bytes, so a few records would fill a file"
+                    .into(),
+                "lower it, or raise audit.max_bytes",
+            ));
+        }
+        for (key, v) in [
+            ("audit.session_rate", audit.session_rate),
+            ("audit.uid_rate", audit.uid_rate),
+        ] {
+            if v < 4 << 10 {
+                return Err(invalid(
+                    key,
+                    format!("{v} bytes per second is below 4KiB, too little for one large request"),
+                    "write e.g. \"256KiB\" (bytes of audit records per second)",
+                ));
+            }
+        }
+        if audit.session_rate > audit.uid_rate {
+            return Err(invalid(
+                "audit.session_rate",
+                "is above audit.uid_rate".into(),
+                "keep session_rate <= uid_rate, e.g. \"256KiB\" and \"1MiB\"",
+            ));
+        }
         if audit.rotation.max_bytes < 4096 {
             return Err(invalid(
                 "audit.max_bytes",
@@ -960,6 +1009,20 @@ mod tests {
             ),
             ("[audit]\npath=\"audit.jsonl\"\n", "audit.path"),
             ("[audit]\nkeep=0\n", "audit.keep"),
+            (
+                "[audit]\nmax_field_bytes=\"100B\"\n",
+                "audit.max_field_bytes",
+            ),
+            (
+                "[audit]\nmax_bytes=\"8KiB\"\nmax_field_bytes=\"4KiB\"\n",
+                "audit.max_field_bytes",
+            ),
+            ("[audit]\nsession_rate=\"1KiB\"\n", "audit.session_rate"),
+            (
+                "[audit]\nsession_rate=\"2MiB\"\nuid_rate=\"1MiB\"\n",
+                "audit.session_rate",
+            ),
+            ("[audit]\nuid_rat=\"1MiB\"\n", "uid_rat"),
         ] {
             let e = parse(&format!("[allow]\nuids=[1]\n{text}"))
                 .unwrap_err()

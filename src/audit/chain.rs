@@ -255,10 +255,25 @@ pub fn encode(
     prev: &LineHash,
     event: &Event,
 ) -> Result<Vec<u8>, serde_json::Error> {
+    encode_bounded(seq, ts, prev, event, usize::MAX)
+}
+
+/// Like [`encode`], with every event field bounded to `max_field_bytes` of JSON
+/// (`audit::bound`: an excerpt, the length and the SHA-256 of what did not fit).
+pub fn encode_bounded(
+    seq: u64,
+    ts: &str,
+    prev: &LineHash,
+    event: &Event,
+    max_field_bytes: usize,
+) -> Result<Vec<u8>, serde_json::Error> {
     let serde_json::Value::Object(mut fields) = serde_json::to_value(event)? else {
         unreachable!("an internally tagged enum serializes to an object")
     };
     let kind = fields.remove("type").unwrap_or_default();
+    if max_field_bytes != usize::MAX {
+        super::bound::bound_fields(&mut fields, max_field_bytes);
+    }
     let mut out = Vec::with_capacity(256);
     // Writes into a Vec cannot fail; serde_json's compact form never contains a raw newline.
     let _ = write!(out, "{{\"seq\":{seq},\"ts\":");

@@ -16,6 +16,7 @@
 //! records removed from the end leave no broken link. Ship records off-host or keep the last
 //! hash elsewhere to cover that.
 
+pub mod bound;
 pub mod chain;
 pub mod tail;
 pub mod verify;
@@ -25,7 +26,7 @@ use std::path::PathBuf;
 
 pub use chain::{Approval, Event, GENESIS, LineHash};
 pub use verify::{Break, BreakKind, Report, verify};
-pub use writer::{AuditHandle, AuditLog, RotationPolicy, log_files};
+pub use writer::{AuditHandle, AuditLog, RotationPolicy, archive_dir, log_files};
 
 /// Where the daemon writes by default, and what `execbox audit` reads by default.
 pub const DEFAULT_PATH: &str = "/var/log/execbox/audit.jsonl";

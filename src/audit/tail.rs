@@ -384,6 +384,7 @@ mod tests {
         let policy = crate::audit::RotationPolicy {
             max_bytes: 4096,
             keep: 5,
+            ..Default::default()
         };
         let mut log = crate::audit::AuditLog::open(&p, policy).unwrap();
         for n in 0..60 {

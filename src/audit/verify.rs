@@ -164,10 +164,28 @@ struct Good {
     line: u64,
 }
 
-/// Walks `files` (oldest first) and reports the first broken link, if any.
+/// Where a chain must start. A new log's first record is its anchor: seq 1, `prev` 64 zeros.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// The first record must be the anchor: a chain starting later lost its oldest records
+    /// (rotated away, or deleted), which is a break.
+    Anchor,
+    /// Any start is accepted and reported as `first_seq` (the operator said the earlier files
+    /// were archived elsewhere deliberately).
+    Archived,
+}
+
+/// Walks `files` (oldest first) and reports the first broken link, if any; a chain may start
+/// at any seq ([`Start::Archived`]).
 ///
 /// `Err` only when a file cannot be read; tampering is reported in [`Report::broken`].
 pub fn verify(files: &[PathBuf]) -> Result<Report, AuditError> {
+    verify_from(files, Start::Archived)
+}
+
+/// Like [`verify`], with [`Start::Anchor`] a chain whose first record is not seq 1 is broken
+/// (kind `deleted`, at seq 1).
+pub fn verify_from(files: &[PathBuf], start: Start) -> Result<Report, AuditError> {
     let mut report = Report {
         files: files.to_vec(),
         records: 0,
@@ -220,6 +238,13 @@ pub fn verify(files: &[PathBuf]) -> Result<Report, AuditError> {
             None if seq == 1 && prev != GENESIS => brk(
                 BreakKind::Edited,
                 "the first record's prev is not 64 zeros".into(),
+            ),
+            None if seq != 1 && start == Start::Anchor => brk(
+                BreakKind::Deleted,
+                format!(
+                    "the chain starts at seq {seq}, not at its anchor (seq 1): records 1..={} are missing; if the earlier files were archived deliberately, include them (oldest first) or pass --archived",
+                    seq.saturating_sub(1)
+                ),
             ),
             None => None,
             Some(g) => {
@@ -465,6 +490,28 @@ mod tests {
         lines[0] = lines[0].replace(&"0".repeat(64), &"1".repeat(64));
         let b = check(&p, &lines);
         assert_eq!((b.kind, b.seq), (BreakKind::Edited, 1), "{b}");
+    }
+
+    #[test]
+    fn a_chain_that_starts_late_breaks_at_its_anchor_unless_archived_is_said() {
+        let (_dir, p, lines) = log(6);
+        std::fs::write(&p, lines[3..].join("\n") + "\n").unwrap();
+        let r = verify_from(std::slice::from_ref(&p), Start::Anchor).unwrap();
+        let b = r.broken.unwrap();
+        assert_eq!((b.kind, b.seq, b.line), (BreakKind::Deleted, 1, 1));
+        assert!(
+            b.detail.contains("records 1..=3 are missing"),
+            "{}",
+            b.detail
+        );
+        // Told the older files were archived deliberately: the rest verifies.
+        let r = verify_from(std::slice::from_ref(&p), Start::Archived).unwrap();
+        assert!(r.broken.is_none());
+        assert_eq!(r.first_seq, Some(4));
+        // Control: a whole chain verifies either way.
+        std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+        let r = verify_from(&[p], Start::Anchor).unwrap();
+        assert!(r.broken.is_none());
     }
 
     #[test]

@@ -21,8 +21,11 @@ use super::chain::{self, Event, GENESIS, Header, LineHash};
 pub struct RotationPolicy {
     /// Rotate before a record would make the current file larger than this.
     pub max_bytes: u64,
-    /// Rotated files kept (`audit.jsonl.1` newest … `audit.jsonl.N` oldest); at least 1.
+    /// Rotated files kept beside the log (`audit.jsonl.1` newest … `audit.jsonl.N` oldest); at
+    /// least 1. An older one is moved to the archive directory, never deleted.
     pub keep: usize,
+    /// Each field of a record is stored in at most this many bytes of JSON (`audit::bound`).
+    pub max_field_bytes: usize,
 }
 
 impl Default for RotationPolicy {
@@ -30,6 +33,7 @@ impl Default for RotationPolicy {
         RotationPolicy {
             max_bytes: 64 << 20,
             keep: 10,
+            max_field_bytes: super::bound::DEFAULT_FIELD_BYTES,
         }
     }
 }
@@ -55,8 +59,42 @@ pub fn rotated_path(path: &Path, n: usize) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// The log and its rotated siblings that exist, oldest first (`path.N` … `path.1`, `path`):
-/// the order `verify` needs. Gaps in the numbering are kept out of the list, not papered over:
+/// Where rotated files older than `keep` go: `<path>.archive/`, beside the log (a rename, so
+/// the same file system). The daemon never deletes from it; that is an operator's decision.
+pub fn archive_dir(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".archive");
+    PathBuf::from(s)
+}
+
+/// Archived files, oldest first (named `<log name>.<first seq, 20 digits>`).
+fn archived(path: &Path) -> Result<Vec<PathBuf>, AuditError> {
+    let dir = archive_dir(path);
+    let entries = match std::fs::read_dir(&dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        r => r.map_err(|source| AuditError::Read {
+            path: dir.clone(),
+            source,
+        })?,
+    };
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let prefix = format!("{name}.");
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| {
+            let f = e.file_name();
+            let f = f.to_string_lossy();
+            f.strip_prefix(&prefix)
+                .is_some_and(|n| n.len() == 20 && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The log and its rotated siblings that exist, oldest first (the archive, then `path.N` …
+/// `path.1`, `path`): the order `verify` needs. Gaps in the numbering are kept out of the list, not papered over:
 /// verify then reports the missing records. Empty when there is no such directory.
 pub fn log_files(path: &Path) -> Result<Vec<PathBuf>, AuditError> {
     let dir = match path.parent() {
@@ -84,7 +122,8 @@ pub fn log_files(path: &Path) -> Result<Vec<PathBuf>, AuditError> {
         }
     }
     rotated.sort_unstable_by(|a, b| b.cmp(a));
-    let mut files: Vec<PathBuf> = rotated.into_iter().map(|n| rotated_path(path, n)).collect();
+    let mut files = archived(path)?;
+    files.extend(rotated.into_iter().map(|n| rotated_path(path, n)));
     if path.exists() {
         files.push(path.to_path_buf());
     }
@@ -108,6 +147,9 @@ impl AuditLog {
         }
         if policy.max_bytes < 4096 {
             return Err(AuditError::Policy("max_bytes must be at least 4096"));
+        }
+        if policy.max_field_bytes < super::bound::MIN_FIELD_BYTES {
+            return Err(AuditError::Policy("max_field_bytes must be at least 256"));
         }
         let parent = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
@@ -195,6 +237,11 @@ impl AuditLog {
     /// sequence number. All or nothing, like [`AuditLog::append`]. For records that belong
     /// together (a request and its verdict): one sync instead of one each.
     pub fn append_all(&mut self, events: &[Event]) -> Result<u64, AuditError> {
+        self.append_all_sized(events).map(|(seq, _)| seq)
+    }
+
+    /// Like [`AuditLog::append_all`]; also returns the bytes written (for volume accounting).
+    pub fn append_all_sized(&mut self, events: &[Event]) -> Result<(u64, u64), AuditError> {
         if self.dirty {
             self.undo_partial_write()
                 .map_err(|source| self.write_error(source))?;
@@ -203,7 +250,9 @@ impl AuditLog {
         let (mut seq, mut last) = (self.next_seq, self.last);
         let mut batch = Vec::new();
         for event in events {
-            let mut line = chain::encode(seq, &ts, &last, event).map_err(AuditError::Encode)?;
+            let mut line =
+                chain::encode_bounded(seq, &ts, &last, event, self.policy.max_field_bytes)
+                    .map_err(AuditError::Encode)?;
             last = LineHash::of_line(&line);
             line.push(b'\n');
             batch.extend_from_slice(&line);
@@ -229,7 +278,7 @@ impl AuditLog {
         self.len += batch.len() as u64;
         self.last = last;
         self.next_seq = seq;
-        Ok(first)
+        Ok((first, batch.len() as u64))
     }
 
     /// The sequence number the next record will get.
@@ -260,6 +309,38 @@ impl AuditLog {
         Ok(())
     }
 
+    /// Moves a rotated file into the archive directory (created 0700 when missing), named
+    /// after its first record's seq so that names sort in chain order. Refuses to overwrite.
+    fn archive(&self, file: &Path) -> Result<(), AuditError> {
+        let err = |source| AuditError::Rotate {
+            path: file.to_path_buf(),
+            source,
+        };
+        let f = File::open(file).map_err(err)?;
+        let len = f.metadata().map_err(err)?.len();
+        let first = first_seq(&f, len).map_err(err)?;
+        let dir = archive_dir(&self.path);
+        if !dir.is_dir() {
+            use std::os::unix::fs::DirBuilderExt as _;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .map_err(err)?;
+        }
+        let name = self.path.file_name().unwrap_or_default().to_string_lossy();
+        let target = dir.join(format!("{name}.{first:020}"));
+        if target.exists() {
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} exists already", target.display()),
+            )));
+        }
+        std::fs::rename(file, &target).map_err(err)?;
+        File::open(&dir).and_then(|d| d.sync_all()).map_err(err)?;
+        tracing::info!(from = %file.display(), to = %target.display(), "audit file archived");
+        Ok(())
+    }
+
     /// `path.{keep-1}` → `path.{keep}` … `path` → `path.1`, then a fresh `path`. The chain
     /// state is untouched: the next record links to the last one of the file just rotated.
     fn rotate(&mut self) -> Result<(), AuditError> {
@@ -270,6 +351,12 @@ impl AuditLog {
         // If an earlier rotation renamed `path` away but failed to create the new file, only
         // the creation is left to do (shifting again would skip a number).
         if self.path.exists() {
+            // The oldest kept file goes to the archive, never away: a busy agent must not be
+            // able to rotate records out of existence.
+            let oldest = rotated_path(&self.path, self.policy.keep);
+            if oldest.exists() {
+                self.archive(&oldest)?;
+            }
             for n in (1..self.policy.keep).rev() {
                 match std::fs::rename(rotated_path(&self.path, n), rotated_path(&self.path, n + 1))
                 {
@@ -344,6 +431,24 @@ fn resume_from(path: &Path, file: &File, len: u64) -> Result<(u64, LineHash), Au
     Ok((header.seq + 1, LineHash::of_line(&line)))
 }
 
+/// The seq of a file's first record (0 when it has none that parses).
+fn first_seq(file: &File, len: u64) -> std::io::Result<u64> {
+    const CHUNK: usize = 8192;
+    let mut head = Vec::new();
+    let mut buf = vec![0u8; CHUNK];
+    while (head.len() as u64) < len && !head.contains(&b'\n') {
+        let n = file.read_at(&mut buf, head.len() as u64)?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+    Ok(serde_json::from_slice::<Header>(line)
+        .map(|h| h.seq)
+        .unwrap_or(0))
+}
+
 /// When the file does not end with a newline: where the incomplete last line starts, and
 /// its bytes.
 fn torn_tail(file: &File, len: u64) -> std::io::Result<Option<(u64, Vec<u8>)>> {
@@ -408,9 +513,14 @@ impl AuditHandle {
 
     /// See [`AuditLog::append_all`]: `Ok(first seq)` once every record is durable.
     pub fn append_all(&self, events: &[Event]) -> Result<u64, AuditError> {
+        self.append_all_sized(events).map(|(seq, _)| seq)
+    }
+
+    /// See [`AuditLog::append_all_sized`]: `Ok((first seq, bytes written))`.
+    pub fn append_all_sized(&self, events: &[Event]) -> Result<(u64, u64), AuditError> {
         // A panic inside append may have left the state half-updated: fail closed.
         let mut log = self.inner.lock().map_err(|_| AuditError::Poisoned)?;
-        log.append_all(events)
+        log.append_all_sized(events)
     }
 
     /// `(next seq, last hash)`, e.g. for `GET /v1/audit` or an anchor.
@@ -444,6 +554,7 @@ mod tests {
         RotationPolicy {
             max_bytes: 4096,
             keep: 3,
+            ..RotationPolicy::default()
         }
     }
 
@@ -486,21 +597,54 @@ mod tests {
     }
 
     #[test]
-    fn rotation_keeps_the_chain_and_deletes_only_beyond_keep() {
+    fn rotation_keeps_the_chain_and_archives_beyond_keep_instead_of_deleting() {
         let (_dir, p, mut log) = fresh();
         // ~150 bytes a record, ~27 per 4 KiB file: 150 records rotate more than keep times.
         for n in 0..150 {
             log.append(&alert(n)).unwrap();
         }
         let files = log_files(&p).unwrap();
-        assert_eq!(files.len(), 4, "{files:?}");
+        let archived = archived(&p).unwrap();
+        // keep = 3 beside the log, the rest in the archive: nothing deleted.
+        assert!(archived.len() >= 2, "{files:?}");
+        assert_eq!(files.len(), archived.len() + 4, "{files:?}");
+        assert_eq!(files[..archived.len()], archived[..]);
+        let name = archived[0]
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        assert_eq!(name, format!("audit.jsonl.{:020}", 1));
         let report = verify(&files).unwrap();
         assert!(report.broken.is_none(), "{:?}", report.broken);
-        assert!(report.first_seq.unwrap() > 1);
+        assert_eq!(report.first_seq, Some(1), "the whole chain is still there");
         assert_eq!(report.last_seq, Some(150));
         for f in &files {
             assert!(std::fs::metadata(f).unwrap().len() <= 4096);
         }
+        let mode = std::fs::metadata(archive_dir(&p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o700);
+    }
+
+    #[test]
+    fn a_huge_field_is_stored_as_an_excerpt_and_a_digest() {
+        let (_dir, p, mut log) = fresh();
+        let huge = Event::Alert {
+            kind: "test".into(),
+            detail: "x".repeat(1 << 20),
+        };
+        log.append(&huge).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        // The field's cap plus the chain fields and the other (short) field.
+        assert!(text.len() < 4096 + 256, "{}", text.len());
+        let v: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(v["detail"]["bytes"], 1 << 20);
+        assert_eq!(v["detail"]["sha256"].as_str().unwrap().len(), 64);
+        assert!(verify(&[p]).unwrap().broken.is_none());
     }
 
     #[test]

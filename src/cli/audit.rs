@@ -29,7 +29,8 @@ Examples:
   execbox audit verify --log /srv/audit.jsonl
   execbox audit verify audit.jsonl.2 audit.jsonl.1 audit.jsonl   (oldest first)")]
     Verify {
-        /// The live log; its rotated siblings (LOG.N … LOG.1) are checked first, oldest first.
+        /// The live log; its archived files (LOG.archive/) and rotated siblings (LOG.N … LOG.1)
+        /// are checked first, oldest first.
         /// Used when no FILES are given.
         #[arg(
             long,
@@ -41,6 +42,10 @@ Examples:
         /// Print the report as one JSON object on stdout.
         #[arg(long)]
         json: bool,
+        /// Accept a chain that starts after seq 1: the earlier files were archived elsewhere
+        /// deliberately. Without it such a chain is broken (records 1.. are missing).
+        #[arg(long)]
+        archived: bool,
         /// Files to check as one chain, oldest first (exactly these, no siblings added).
         #[arg(value_name = "FILES")]
         files: Vec<PathBuf>,
@@ -77,7 +82,12 @@ Examples:
 
 pub fn run(cmd: AuditCommand) -> ExitCode {
     match cmd {
-        AuditCommand::Verify { log, json, files } => {
+        AuditCommand::Verify {
+            log,
+            json,
+            archived,
+            files,
+        } => {
             let files = if files.is_empty() {
                 match audit::log_files(&log) {
                     Ok(f) if f.is_empty() => {
@@ -93,7 +103,12 @@ pub fn run(cmd: AuditCommand) -> ExitCode {
             } else {
                 files
             };
-            match audit::verify(&files) {
+            let start = if archived {
+                audit::verify::Start::Archived
+            } else {
+                audit::verify::Start::Anchor
+            };
+            match audit::verify::verify_from(&files, start) {
                 Ok(r) => report(&r, json),
                 Err(e) => unreadable(&e),
             }

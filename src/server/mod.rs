@@ -31,6 +31,7 @@ pub mod retain;
 mod sessions;
 pub mod spawner;
 pub mod state;
+pub mod volume;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -119,6 +120,18 @@ struct Guard {
     auth_records: std::collections::HashMap<u32, (Instant, u64)>,
     /// Which refusals reach the daemon's log (one line per uid and kind per second).
     log: conns::Throttle,
+    /// Audit bytes per session and per uid (`audit.session_rate`, `audit.uid_rate`).
+    volume: volume::Volume,
+    /// Which audit-volume refusals get an `alert` record (one per uid per minute).
+    volume_alerts: MinuteThrottle,
+}
+
+struct MinuteThrottle(conns::Throttle);
+
+impl Default for MinuteThrottle {
+    fn default() -> Self {
+        MinuteThrottle(conns::Throttle::new(Duration::from_secs(60)))
+    }
 }
 
 impl Server {
@@ -168,6 +181,50 @@ impl Server {
     /// the socket must not fill the log: one line per uid and kind per second).
     pub fn log_refusal(&self, uid: u32, kind: &'static str) -> Option<u64> {
         self.guard().log.check(uid, kind, Instant::now())
+    }
+
+    /// `Ok` while `session` and `uid` may still cause audit records; else `429
+    /// audit_rate_limited` with the wait, logged (throttled) and, once a minute per uid, an
+    /// `alert` record saying how many requests were refused.
+    pub fn audit_volume_admit(&self, session: &str, uid: u32) -> Result<(), ApiError> {
+        let rates = (self.config.audit.session_rate, self.config.audit.uid_rate);
+        let now = Instant::now();
+        let wait = {
+            let mut g = self.guard();
+            match g.volume.admit(session, uid, rates, now) {
+                Ok(()) => return Ok(()),
+                Err(wait) => (wait, g.volume_alerts.0.check(uid, "audit_volume", now)),
+            }
+        };
+        let (wait, alert) = wait;
+        Metrics::inc(&self.metrics.rate_limited);
+        if let Some(folded) = alert {
+            self.record_detached(crate::audit::Event::Alert {
+                kind: "audit_rate_limited".into(),
+                detail: format!(
+                    "uid {uid} (session {session}) is past audit.session_rate or audit.uid_rate; its requests are refused until the volume drains ({folded} more refusals of this uid since the last alert)"
+                ),
+            });
+        }
+        Err(ApiError {
+            retry_after: Some(wait.max(Duration::from_secs(1))),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "audit_rate_limited",
+                format!(
+                    "this session or uid caused more audit records than audit.session_rate / audit.uid_rate allow; retry in {} ms (smaller requests help: a command's record grows with its size)",
+                    wait.as_millis()
+                ),
+            )
+        })
+    }
+
+    /// Charges `bytes` of audit records to `session` and `uid`.
+    pub fn audit_volume_charge(&self, session: &str, uid: u32, bytes: u64) {
+        let rates = (self.config.audit.session_rate, self.config.audit.uid_rate);
+        self.guard()
+            .volume
+            .charge(session, uid, rates, bytes, Instant::now());
     }
 
     pub fn peer_rate_ok(&self, uid: u32) -> bool {

@@ -22,11 +22,30 @@ impl Server {
     /// Appends `events` as consecutive records with one sync, and waits until all are
     /// durable; all or nothing. Returns the first's sequence number.
     pub async fn record_all(&self, events: Vec<Event>) -> Result<u64, ApiError> {
+        self.record_all_sized(events).await.map(|(seq, _)| seq)
+    }
+
+    /// Like [`Server::record_all`], for records an agent's request caused: admitted only
+    /// while its session's and its uid's audit volume allow (`429 audit_rate_limited`
+    /// otherwise, nothing written), and charged with the bytes written (`server::volume`).
+    pub async fn record_all_for(
+        &self,
+        session: &str,
+        uid: u32,
+        events: Vec<Event>,
+    ) -> Result<u64, ApiError> {
+        self.audit_volume_admit(session, uid)?;
+        let (seq, bytes) = self.record_all_sized(events).await?;
+        self.audit_volume_charge(session, uid, bytes);
+        Ok(seq)
+    }
+
+    async fn record_all_sized(&self, events: Vec<Event>) -> Result<(u64, u64), ApiError> {
         let audit = self.audit.clone();
         let kind = events.first().map(event_kind).unwrap_or("none");
-        let r = tokio::task::spawn_blocking(move || audit.append_all(&events)).await;
+        let r = tokio::task::spawn_blocking(move || audit.append_all_sized(&events)).await;
         let e = match r {
-            Ok(Ok(seq)) => return Ok(seq),
+            Ok(Ok(written)) => return Ok(written),
             Ok(Err(e)) => format!("{} ({})", crate::cli::chain(&e), e.code()),
             Err(join) => format!("the append task failed: {join}"),
         };

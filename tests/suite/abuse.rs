@@ -8,6 +8,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use serde_json::json;
+
 use super::daemon::{Daemon, http, my_uid};
 use super::harness::*;
 
@@ -58,6 +60,27 @@ fn reply_now(s: &mut UnixStream) -> Option<(u16, String)> {
     }
     let t = text(&raw);
     Some((t.split_whitespace().nth(1)?.parse().ok()?, t))
+}
+
+/// `POST /v1/sessions` until it answers 201 (connection places are given back when the
+/// daemon has finished with a closed connection, a moment after the client saw it close).
+fn session_eventually(d: &Daemon) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut s = UnixStream::connect(d.agent()).unwrap();
+        let _ = s.write_all(
+            b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        );
+        let got = status_within(&mut s, Duration::from_secs(10));
+        if matches!(got, Some((201, _))) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agents were never served again: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn metric(d: &Daemon, name: &str) -> u64 {
@@ -119,8 +142,11 @@ fn slow_bodies_cannot_take_every_descriptor_and_the_operator_socket_answers() {
     // Positive control, while every agent place is taken: the operator socket answers, and
     // a new agent connection gets a prompt 429 instead of hanging.
     assert_eq!(metric(&d, "connections_refused_total"), 48, "{}", d.log());
-    let (status, _, body) = http(&d.agent(), "GET", "/v1/jobs", None, None);
-    assert_eq!(status, 429, "{}", text(&body));
+    // (Not `http()`: the daemon may answer and close before the request is written, and
+    // writing then fails with EPIPE; the answer is still there to read.)
+    let mut late = slow_body(&d.agent());
+    let (status, t) = status_within(&mut late, Duration::from_secs(10)).expect("an answer");
+    assert_eq!(status, 429, "{t}");
     // The body timeout closes the trickling connections (408), freeing their places.
     for mut s in waiting {
         let left = Duration::from_secs(30).saturating_sub(opened.elapsed());
@@ -128,8 +154,7 @@ fn slow_bodies_cannot_take_every_descriptor_and_the_operator_socket_answers() {
         assert_eq!(code, 408, "{t}");
         assert!(t.contains("body_timeout"), "{t}");
     }
-    let (status, _, body) = http(&d.agent(), "POST", "/v1/sessions", None, None);
-    assert_eq!(status, 201, "agents are served again: {}", text(&body));
+    session_eventually(&d);
     // The refusals did not flood the log: at most one line per second of the test.
     let lines = d.log().matches("connection refused").count() as u64;
     assert!(
@@ -190,20 +215,9 @@ fn one_uid_cannot_hold_more_than_its_connections_and_other_uids_still_get_in() {
         let out = text(&o.stdout);
         assert!(out.ends_with("\n201"), "{out} {}", text(&o.stderr));
     }
-    // Closing one gives its place back.
+    // Closing them gives their places back.
     drop(held);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, _, _) = http(&d.agent(), "POST", "/v1/sessions", None, None);
-        if status == 201 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "places never came back: {status}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    session_eventually(&d);
 }
 
 #[test]
@@ -272,4 +286,169 @@ fn refused_peers_do_not_flood_the_log() {
         .sum();
     let lines = log.matches("peer refused").count() as u64;
     assert_eq!(folded + lines, 301, "{log}");
+}
+
+/// Every audit file of the log at `log` (archive, rotated, live), total bytes.
+fn audit_bytes(log: &Path) -> u64 {
+    execbox::audit::log_files(log)
+        .unwrap()
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum()
+}
+
+#[test]
+fn huge_requests_cannot_rotate_the_audit_trail_away() {
+    // Issue 15 item 4: 1 MiB requests made the daemon write 575 MB of audit in 5 s and the
+    // rotation deleted the oldest records; `verify` still said ok. Scaled down: 200 KiB
+    // commands against 16 KiB files, keep = 1, fields of 1 KiB, 4 KiB/s of audit per session.
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("audit.jsonl");
+    let mut d = Daemon::start_profile(
+        &format!("[allow]\nuids = [{}]\n", my_uid()),
+        &source_path("policies"),
+        "default",
+        &format!(
+            "[limits]\npeer_rate = 100000\nsession_rate = 100000\n\
+             [audit]\npath = {log:?}\nmax_bytes = \"16KiB\"\nkeep = 1\nmax_field_bytes = \"1KiB\"\n\
+             session_rate = \"4KiB\"\nuid_rate = \"8KiB\"\n"
+        ),
+    );
+    let (_, token) = d.session();
+    let exec = |arg: &str| {
+        let body = json!({"argv": ["rm", "-rf", "/", arg]});
+        super::daemon::exec_on(&d.agent(), &token, body)
+    };
+    // Control: a small request is judged (denied: rm -rf /) and recorded.
+    let (status, events) = exec("x");
+    assert_eq!(status, 200, "{events:?}");
+    assert_eq!(events.last().unwrap()["error"], "refused_by_policy");
+    // The issue's attack: a command too large to analyse fails closed to approve; the agent
+    // withdraws it as soon as it is pending, and sends the next.
+    let big = format!("echo {}", "A".repeat(200 << 10));
+    // Until the session's volume runs out (about 8 requests), then 2 s more of refusals.
+    let t = Instant::now();
+    let (mut judged, mut limited) = (0u64, 0u64);
+    let mut until = t + Duration::from_secs(120);
+    while Instant::now() < until {
+        match exec_and_withdraw(&d.agent(), &token, &big) {
+            (200, _) => judged += 1,
+            (429, body) => {
+                assert!(body.contains("audit_rate_limited"), "{body}");
+                if limited == 0 {
+                    until = Instant::now() + Duration::from_secs(2);
+                }
+                limited += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let took = t.elapsed().as_secs_f64();
+    assert!(
+        judged >= 1 && limited >= 1,
+        "judged {judged}, limited {limited}"
+    );
+    // Bounded: the session's burst (10 s × 4 KiB/s) plus its rate for the time taken plus
+    // one request's overdraft and the records around them — not 200 KiB per request.
+    let bytes = audit_bytes(&log);
+    let bound = (40 + 4 * (took.ceil() as u64 + 1) + 64) << 10;
+    assert!(
+        bytes < bound,
+        "{bytes} bytes of audit > {bound} ({judged} judged)"
+    );
+    let all: String = execbox::audit::log_files(&log)
+        .unwrap()
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    let line = all
+        .lines()
+        .find(|l| l.contains("\"exec_request\"") && l.contains("sha256"))
+        .expect("a bounded exec_request");
+    assert!(line.len() < 8 << 10, "{}", line.len());
+    assert!(
+        all.contains("audit_rate_limited"),
+        "the refusals are on the record"
+    );
+    // The session is served again once its volume drained.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, _) = exec("x");
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never served again");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Stopped, so that no rotation runs while the files are listed and checked.
+    d.terminate();
+    // Rotation archived the oldest file instead of deleting it: the whole chain verifies.
+    let archive = execbox::audit::archive_dir(&log);
+    let mut archived: Vec<_> = std::fs::read_dir(&archive)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    archived.sort();
+    assert!(!archived.is_empty());
+    let verify = |extra: &[&str]| {
+        Command::new(&*EXECBOX)
+            .args(["audit", "verify", "--log"])
+            .arg(&log)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = verify(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text_of(&o));
+    assert!(text(&o.stdout).contains("(seq 1..="), "{}", text_of(&o));
+    // Someone removes the oldest file: verify fails at the anchor, unless told it was
+    // archived deliberately.
+    std::fs::remove_file(&archived[0]).unwrap();
+    let o = verify(&[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text_of(&o));
+    assert!(
+        text(&o.stderr).contains("not at its anchor"),
+        "{}",
+        text_of(&o)
+    );
+    assert_eq!(verify(&["--archived"]).status.code(), Some(0));
+}
+
+/// `POST /v1/exec` of `command`; disconnects as soon as the request is pending an approval.
+/// Returns the status and what was read.
+fn exec_and_withdraw(sock: &Path, token: &str, command: &str) -> (u16, String) {
+    let body = json!({"command": command}).to_string();
+    let mut s = UnixStream::connect(sock).unwrap();
+    let head = format!(
+        "POST /v1/exec HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let _ = s.write_all(head.as_bytes());
+    let _ = s.write_all(body.as_bytes());
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let t = text(&raw);
+        if t.contains("pending_approval") || t.contains("\"exit\"") {
+            break;
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+    let t = text(&raw);
+    let code = t
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, t)
+}
+
+fn text_of(o: &std::process::Output) -> String {
+    format!("{}{}", text(&o.stdout), text(&o.stderr))
 }

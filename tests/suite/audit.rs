@@ -136,6 +136,7 @@ fn rotating() -> RotationPolicy {
     RotationPolicy {
         max_bytes: 4096,
         keep: 5,
+        ..RotationPolicy::default()
     }
 }
 

@@ -197,31 +197,36 @@ pub(super) async fn exec(
         "commands": explained.commands.iter().map(|c| &c.command).collect::<Vec<_>>(),
         "fail_closed": explained.fail_closed.iter().map(|f| format!("{}: {}", f.code, f.detail)).collect::<Vec<_>>(),
     });
-    // The request and its verdict are on the record before anything acts on them.
-    srv.record_all(vec![
-        Event::ExecRequest {
-            session: caller.clone(),
-            job: job_id.clone(),
-            command: shell.clone(),
-            argv: shell.is_none().then(|| argv.clone()),
-            parse_summary,
-            cwd: Some(
-                cwd.as_ref()
-                    .unwrap_or(&workspace)
-                    .to_string_lossy()
-                    .into_owned(),
-            ),
-            env: Some(shown::env(&env, &requested_names)),
-            stdin: Some(shown::stdin(explained.stdin.as_ref())),
-            terms: serde_json::to_value(Terms::new(&limits, detach, body.envelope)).ok(),
-        },
-        Event::Verdict {
-            job: job_id.clone(),
-            verdict: decision.verdict.as_str().into(),
-            rule: decision.rule.clone(),
-            reason: decision.reason.clone(),
-        },
-    ])
+    // The request and its verdict are on the record before anything acts on them; the
+    // bytes count towards the session's and the uid's audit volume.
+    srv.record_all_for(
+        &caller,
+        peer.uid,
+        vec![
+            Event::ExecRequest {
+                session: caller.clone(),
+                job: job_id.clone(),
+                command: shell.clone(),
+                argv: shell.is_none().then(|| argv.clone()),
+                parse_summary,
+                cwd: Some(
+                    cwd.as_ref()
+                        .unwrap_or(&workspace)
+                        .to_string_lossy()
+                        .into_owned(),
+                ),
+                env: Some(shown::env(&env, &requested_names)),
+                stdin: Some(shown::stdin(explained.stdin.as_ref())),
+                terms: serde_json::to_value(Terms::new(&limits, detach, body.envelope)).ok(),
+            },
+            Event::Verdict {
+                job: job_id.clone(),
+                verdict: decision.verdict.as_str().into(),
+                rule: decision.rule.clone(),
+                reason: decision.reason.clone(),
+            },
+        ],
+    )
     .await?;
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let accepted = ndjson(serde_json::json!({"event": "accepted", "job": job_id}));
