@@ -555,12 +555,19 @@ impl Walker {
         }
         if let Some(detail) = program_fail {
             self.fail("non-literal-program", detail);
-            // `x=rm; $x -rf /`: also judge the command the known value forms.
+            // `x=rm; $x -rf /`, `c='rm -rf /'; $c`: also judge the command the known value
+            // forms, split into words as an unquoted expansion would be.
             if let Some((program, args)) = words.split_first()
                 && !program.dynamic
                 && !program.glob
                 && !program.text.is_empty()
             {
+                let mut argv: Vec<Word> =
+                    program.text.split_whitespace().map(Word::literal).collect();
+                argv.extend(args.iter().cloned());
+                let Some((program, args)) = argv.split_first() else {
+                    return Vec::new();
+                };
                 let mut cmd = SimpleCommand::from_argv(program, args.to_vec());
                 cmd.redirects = redirects;
                 cmd.cwd = self.cwd.clone();
@@ -586,12 +593,15 @@ impl Walker {
         if program.text.contains([' ', '\t', '\n']) && program.text.len() < 4096 {
             let mut argv: Vec<Word> = program.text.split_whitespace().map(Word::literal).collect();
             argv.extend(args.iter().cloned());
-            let mut split = SimpleCommand::from_argv(&argv[0], argv[1..].to_vec());
-            split.redirects = redirects.clone();
-            split.cwd = self.cwd.clone();
-            split.via = via.to_vec();
-            split.via.push("word splitting".into());
-            direct.extend(self.emit(split, depth + 1));
+            // A program word of only blanks splits into nothing.
+            if let Some((first, rest)) = argv.split_first() {
+                let mut split = SimpleCommand::from_argv(first, rest.to_vec());
+                split.redirects = redirects.clone();
+                split.cwd = self.cwd.clone();
+                split.via = via.to_vec();
+                split.via.push("word splitting".into());
+                direct.extend(self.emit(split, depth + 1));
+            }
         }
         let mut cmd = SimpleCommand::from_argv(program, args.to_vec());
         // What substitutions print flows into this command like a pipe would.

@@ -68,6 +68,9 @@ pub struct RawRule {
     /// one of these predicates.
     #[serde(default)]
     pub sources_any: Vec<String>,
+    /// The last operand (the destination of `cp`/`ln`/`install`) satisfies one of these.
+    #[serde(default)]
+    pub target_any: Vec<String>,
     /// Options whose values `args_any`/`sources_any` do not look at (`-i key.pem`,
     /// `--cacert ca.pem`: a file used locally, not sent).
     #[serde(default)]
@@ -129,6 +132,7 @@ pub struct Rule {
     args_any: Vec<Predicate>,
     not_args_any: Vec<Predicate>,
     sources_any: Vec<Predicate>,
+    target_any: Vec<Predicate>,
     skip_values_of: Vec<String>,
     writes_any: Vec<Predicate>,
     reads_any: Vec<Predicate>,
@@ -528,6 +532,7 @@ impl Rule {
             args_any: predicates(&raw.args_any, "args_any")?,
             not_args_any: predicates(&raw.not_args_any, "not_args_any")?,
             sources_any: predicates(&raw.sources_any, "sources_any")?,
+            target_any: predicates(&raw.target_any, "target_any")?,
             skip_values_of: raw.skip_values_of,
             writes_any: predicates(&raw.writes_any, "writes_any")?,
             reads_any: predicates(&raw.reads_any, "reads_any")?,
@@ -615,12 +620,18 @@ impl Rule {
         if !self.not_args_any.is_empty() && test_any(&self.not_args_any, &mut cmd.args.iter()) {
             return false;
         }
-        if !self.sources_any.is_empty() {
+        if !self.sources_any.is_empty() || !self.target_any.is_empty() {
             let operands: Vec<&Word> = judged_args(&cmd.args, &self.skip_values_of)
                 .filter(|w| !w.text.starts_with('-') || w.text == "-")
                 .collect();
             let sources = operands.len().saturating_sub(1);
-            if !test_any(&self.sources_any, &mut operands.into_iter().take(sources)) {
+            let target = operands.last().copied();
+            if !self.target_any.is_empty() && !test_any(&self.target_any, &mut target.into_iter()) {
+                return false;
+            }
+            if !self.sources_any.is_empty()
+                && !test_any(&self.sources_any, &mut operands.into_iter().take(sources))
+            {
                 return false;
             }
         }

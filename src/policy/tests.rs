@@ -466,3 +466,12 @@ fn variables_assigned_unconditionally_in_the_input_are_resolved() {
         Verdict::Approve
     );
 }
+
+#[test]
+fn a_program_word_of_only_blanks_does_not_panic() {
+    // Found by the property test: word splitting of a blank program name.
+    for cmd in ["' '", "' ' x", "$'\\t' -rf /", "\"  \" a b"] {
+        let _ = check(cmd);
+    }
+    assert_eq!(check("c='rm -rf /'; $c").verdict, Verdict::Deny);
+}
