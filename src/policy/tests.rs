@@ -60,7 +60,10 @@ fn adversarial_inputs_are_decided_quickly_and_never_allowed_when_unanalysable() 
         let e = policy.explain(Command::Shell(&input), &Context::examples());
         let took = start.elapsed();
         // Debug builds are ~10x slower than release; the release figure is in the bench.
-        assert!(took.as_millis() < 1000, "{name}: took {took:?}");
+        // Generous: CI is loaded (two cores, other tests beside), and a 64 KiB word takes
+        // ~0.8 s through brush-parser in a debug build. The release budget (10 ms) is
+        // measured by `cargo bench --bench policy`, never asserted here.
+        assert!(took.as_millis() < 5000, "{name}: took {took:?}");
         if !e.fail_closed.is_empty() {
             assert_ne!(e.decision.verdict, Verdict::Allow, "{name}");
         }
