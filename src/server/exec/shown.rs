@@ -12,6 +12,8 @@ use crate::policy::StdinFacts;
 pub(super) const ENV_VALUE_SHOWN: usize = 1024;
 /// Variables shown by name and value; the rest by count and digest only.
 pub(super) const ENV_SHOWN: usize = 128;
+/// Bytes of names and values shown in all (so one request's `exec_request` stays small).
+pub(super) const ENV_TOTAL_SHOWN: usize = 16 * 1024;
 
 fn cut(s: &str, max: usize) -> (&str, usize) {
     if s.len() <= max {
@@ -31,8 +33,15 @@ pub(super) fn env(env: &[(String, String)], requested: &[String]) -> Value {
     sorted.sort();
     let mut vars = serde_json::Map::new();
     let mut cut_names = Vec::new();
+    let mut total = 0;
+    let mut shown_count = 0;
     for (k, v) in sorted.iter().take(ENV_SHOWN) {
         let (shown, more) = cut(v, ENV_VALUE_SHOWN);
+        total += k.len() + shown.len();
+        if total > ENV_TOTAL_SHOWN {
+            break;
+        }
+        shown_count += 1;
         if more > 0 {
             cut_names.push(json!({"name": k, "bytes": v.len(), "sha256": crate::config::sha256_hex(v.as_bytes())}));
         }
@@ -46,7 +55,7 @@ pub(super) fn env(env: &[(String, String)], requested: &[String]) -> Value {
         "vars": vars,
         "requested": requested,
         "cut": cut_names,
-        "omitted": sorted.len().saturating_sub(ENV_SHOWN),
+        "omitted": sorted.len() - shown_count,
         "sha256": crate::config::sha256_hex(&serde_json::to_vec(&canonical).unwrap_or_default()),
     })
 }
@@ -71,5 +80,19 @@ mod tests {
         assert!(big.len() <= ENV_VALUE_SHOWN);
         assert_eq!(v["cut"][0]["bytes"], 4000);
         assert!(v.to_string().len() < 64 * 1024);
+        // Many long values: the total is bounded too, and the rest are counted.
+        let long: Vec<(String, String)> = (0..100)
+            .map(|i| (format!("L{i:02}"), "y".repeat(1000)))
+            .collect();
+        let v = env(&long, &[]);
+        assert!(
+            v["vars"].to_string().len() <= ENV_TOTAL_SHOWN + 2048,
+            "{}",
+            v["vars"].to_string().len()
+        );
+        assert_eq!(
+            v["vars"].as_object().unwrap().len() as u64 + v["omitted"].as_u64().unwrap(),
+            100
+        );
     }
 }
