@@ -70,7 +70,13 @@ pub enum JobState {
 pub struct Job {
     pub id: String,
     pub session: String,
+    /// At most [`JOB_ARGV_BYTES`] of the request's argv (each item at most
+    /// [`JOB_ARG_BYTES`]): a daemon keeps up to `finished_jobs_kept` jobs per session, and a
+    /// 1 MiB argv kept whole in each was how two sessions grew it by half a gigabyte.
     pub argv: Vec<String>,
+    /// When `argv` is cut: the whole argv's size, item count and SHA-256 (of its compact
+    /// JSON, as in the audit record's bound form).
+    pub argv_omitted: Option<Box<ArgvOmitted>>,
     pub created_at: u64,
     pub state: JobState,
     /// The final `exit` event, once there is one, kept as its JSON text: a daemon keeps up
@@ -81,6 +87,49 @@ pub struct Job {
     pub cancel: Option<Arc<OwnedFd>>,
 }
 
+/// The stored argv of a job, in bytes of its items, at most.
+pub const JOB_ARGV_BYTES: usize = 4096;
+/// One stored argv item, in bytes, at most.
+pub const JOB_ARG_BYTES: usize = 1024;
+
+/// What a job record left out of its argv.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArgvOmitted {
+    pub bytes: usize,
+    pub items: usize,
+    pub sha256: String,
+}
+
+/// The argv a job record keeps: the leading items within [`JOB_ARGV_BYTES`], each cut to
+/// [`JOB_ARG_BYTES`] on a character boundary; and what was left out, when anything was.
+pub fn argv_excerpt(argv: &[String]) -> (Vec<String>, Option<Box<ArgvOmitted>>) {
+    let total: usize = argv.iter().map(String::len).sum();
+    if total <= JOB_ARGV_BYTES && argv.iter().all(|a| a.len() <= JOB_ARG_BYTES) {
+        return (argv.to_vec(), None);
+    }
+    let mut kept = Vec::new();
+    let mut used = 0;
+    for a in argv {
+        let mut end = a.len().min(JOB_ARG_BYTES);
+        while !a.is_char_boundary(end) {
+            end -= 1;
+        }
+        if used + end > JOB_ARGV_BYTES {
+            break;
+        }
+        used += end;
+        kept.push(a[..end].to_string());
+    }
+    let json = serde_json::to_vec(argv).unwrap_or_default();
+    let sha256 = crate::config::sha256_hex(&json);
+    let omitted = ArgvOmitted {
+        bytes: total,
+        items: argv.len(),
+        sha256,
+    };
+    (kept, Some(Box::new(omitted)))
+}
+
 impl Job {
     pub fn new(
         id: &str,
@@ -89,10 +138,12 @@ impl Job {
         state: JobState,
         cancel: Option<Arc<OwnedFd>>,
     ) -> Job {
+        let (argv, argv_omitted) = argv_excerpt(argv);
         Job {
             id: id.to_string(),
             session: session.to_string(),
-            argv: argv.to_vec(),
+            argv,
+            argv_omitted,
             created_at: unix_now(),
             state,
             exit: None,
@@ -109,6 +160,7 @@ impl Job {
             "job": self.id,
             "session": self.session,
             "argv": self.argv,
+            "argv_omitted": self.argv_omitted,
             "created_at": self.created_at,
             "state": self.state,
             "exit": exit,
@@ -457,6 +509,31 @@ mod tests {
             pairing_code: None,
             counts: JobCounts::default(),
         }
+    }
+
+    #[test]
+    fn a_job_keeps_an_excerpt_of_a_huge_argv_and_a_digest_of_all_of_it() {
+        let big: Vec<String> = vec!["/bin/bash".into(), "-c".into(), "é".repeat(512 << 10)];
+        let j = Job::new("j", "s", &big, JobState::Refused, None);
+        let kept: usize = j.argv.iter().map(String::len).sum();
+        assert!(kept <= JOB_ARGV_BYTES && j.argv[2].len() <= JOB_ARG_BYTES);
+        assert_eq!(j.argv[..2], big[..2]);
+        assert!(big[2].starts_with(&j.argv[2]));
+        let o = j.argv_omitted.as_ref().unwrap();
+        assert_eq!((o.bytes, o.items), (big.iter().map(String::len).sum(), 3));
+        let json = serde_json::to_vec(&big).unwrap();
+        assert_eq!(o.sha256, crate::config::sha256_hex(&json));
+        // Many small items: the leading ones within the budget.
+        let many: Vec<String> = (0..100_000).map(|i| i.to_string()).collect();
+        let (kept, omitted) = argv_excerpt(&many);
+        assert!(kept.iter().map(String::len).sum::<usize>() <= JOB_ARGV_BYTES);
+        assert_eq!(omitted.unwrap().items, 100_000);
+        // Control: an ordinary argv is kept whole, nothing omitted.
+        let small: Vec<String> = vec!["git".into(), "status".into()];
+        let j = Job::new("j", "s", &small, JobState::Refused, None);
+        assert_eq!(j.argv, small);
+        assert!(j.argv_omitted.is_none());
+        assert!(j.view()["argv_omitted"].is_null());
     }
 
     #[test]

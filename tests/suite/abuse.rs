@@ -452,3 +452,53 @@ fn exec_and_withdraw(sock: &Path, token: &str, command: &str) -> (u16, String) {
 fn text_of(o: &std::process::Output) -> String {
     format!("{}{}", text(&o.stdout), text(&o.stderr))
 }
+
+#[test]
+fn withdrawn_huge_requests_leave_only_excerpts_in_the_job_records() {
+    // Issue 15 item 5: every refused or withdrawn job kept its argv (up to 1 MiB) among its
+    // session's finished jobs, and GET /v1/jobs rendered them all (RSS 14 MB → 2 GB). Scaled
+    // down: 20 requests of 200 KiB, withdrawn as soon as they are pending.
+    let d = Daemon::start_profile(
+        &format!("[allow]\nuids = [{}]\n", my_uid()),
+        &source_path("policies"),
+        "default",
+        "[limits]\npeer_rate = 100000\nsession_rate = 100000\n",
+    );
+    let (_, token) = d.session();
+    let big = format!("echo {}", "A".repeat(200 << 10));
+    for _ in 0..20 {
+        let (status, body) = exec_and_withdraw(&d.agent(), &token, &big);
+        assert_eq!(status, 200, "{body}");
+    }
+    // Control: an ordinary request's record keeps its argv whole.
+    let (status, events) = super::daemon::exec_on(&d.agent(), &token, json!({"argv": ["true"]}));
+    assert_eq!(status, 200, "{events:?}");
+    let (status, _, raw) = http(&d.agent(), "GET", "/v1/jobs", Some(&token), None);
+    assert_eq!(status, 200);
+    assert!(raw.len() < 21 * 8192, "GET /v1/jobs is {} bytes", raw.len());
+    let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    let jobs = v["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 21, "{v}");
+    let cut: Vec<_> = jobs
+        .iter()
+        .filter(|j| !j["argv_omitted"].is_null())
+        .collect();
+    assert_eq!(cut.len(), 20);
+    let whole: Vec<String> = vec!["/bin/bash".into(), "-c".into(), big.clone()];
+    for j in cut {
+        let kept: usize = j["argv"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().len())
+            .sum();
+        assert!(kept <= 4096, "{kept}");
+        assert_eq!(j["argv_omitted"]["bytes"], big.len() + 11);
+        assert_eq!(
+            j["argv_omitted"]["sha256"],
+            execbox::config::sha256_hex(&serde_json::to_vec(&whole).unwrap())
+        );
+    }
+    let plain = jobs.iter().find(|j| j["argv"] == json!(["true"])).unwrap();
+    assert!(plain["argv_omitted"].is_null(), "{plain}");
+}
