@@ -359,6 +359,20 @@ pub(super) fn s(v: &Value) -> String {
     }
 }
 
+/// `argv` as one line of POSIX-quoted words, with control characters escaped: how logs show
+/// an argv (a plain string, not Rust's `Debug` of a vector).
+pub(crate) fn shell_words(argv: &[String]) -> String {
+    let words: Vec<String> = argv.iter().map(|a| shell_quote(a)).collect();
+    words
+        .join(" ")
+        .chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_default().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
+}
+
 /// POSIX shell quoting, so the operator sees word boundaries exactly.
 fn shell_quote(word: &str) -> String {
     let plain = !word.is_empty()

@@ -283,7 +283,7 @@ impl Server {
         };
         self.state().sessions.insert(id.clone(), session);
         Metrics::inc(&self.metrics.sessions_created);
-        tracing::info!(session = %id, spawned_by = ?parent, uid = peer.uid, pid = ?peer.pid, profile = %profile, "session created");
+        tracing::info!(session = %id, spawned_by = parent, uid = peer.uid, pid = peer.pid, profile = %profile, "session created");
         Ok(serde_json::json!({
             "session": id,
             "token": format!("{id}.{}", minted.secret),

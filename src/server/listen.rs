@@ -260,8 +260,16 @@ fn refuse_connection(
     Metrics::inc(&srv.metrics.connections_refused);
     if let Some(folded) = srv.log_refusal(peer.uid, r.code()) {
         let (agent, operator) = srv.conns.open();
-        tracing::warn!(uid = peer.uid, pid = ?peer.pid, ?socket, code = r.code(), agent, operator,
-            folded, "connection refused: over the connection limit ({folded} more from this uid since the last line)");
+        tracing::warn!(
+            uid = peer.uid,
+            pid = peer.pid,
+            ?socket,
+            code = r.code(),
+            agent,
+            operator,
+            folded,
+            "connection refused: over the connection limit ({folded} more from this uid since the last line)"
+        );
     }
     let _ = stream.try_write(&super::conns::refusal_reply(r));
 }
@@ -287,8 +295,14 @@ async fn connection(
             &format!("peer not in the allowlist of the {socket:?} socket"),
         );
         if let Some(folded) = srv.log_refusal(peer.uid, "peer_refused") {
-            tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, ?socket, folded,
-                "peer refused: not in the allowlist ({folded} more refusals of this uid since the last line)");
+            tracing::warn!(
+                uid = peer.uid,
+                gid = peer.gid,
+                pid = peer.pid,
+                ?socket,
+                folded,
+                "peer refused: not in the allowlist ({folded} more refusals of this uid since the last line)"
+            );
         }
         // Read (and ignore) the request head first: a reply to a client that is still sending
         // looks to it like a failed connection (curl reports "couldn't connect"). Bounded in

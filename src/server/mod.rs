@@ -420,8 +420,8 @@ pub fn serve(mut config: Config) -> Result<(), ServeError> {
             return Err(ServeError::Privilege(e));
         }
         tracing::info!(
-            api = ?privilege::names(privilege::mask(privilege::API)),
-            spawner = ?privilege::names(privilege::mask(privilege::SPAWNER)),
+            api = %privilege::names(privilege::mask(privilege::API)).join(" "),
+            spawner = %privilege::names(privilege::mask(privilege::SPAWNER)).join(" "),
             "dropped every other capability (effective, permitted, inheritable, ambient, bounding)"
         );
     }
@@ -626,7 +626,7 @@ fn warn_self_approval(config: &Config) {
         .collect();
     if !both.is_empty() {
         tracing::warn!(
-            uids = ?both,
+            uids = %both.iter().map(u32::to_string).collect::<Vec<_>>().join(" "),
             "these agent uids may also use the operator socket, so they could approve their own requests; run agents as other users"
         );
     }

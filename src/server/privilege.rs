@@ -130,7 +130,7 @@ pub fn keep_only(keep: &[u32], cap_last: u32) -> Result<(), PrivilegeError> {
         && m & !have != 0
     {
         tracing::warn!(
-            missing = ?names(m & !have),
+            missing = %names(m & !have).join(" "),
             "the daemon was started without capabilities it uses; what needs them will fail"
         );
         m &= have;

@@ -90,7 +90,7 @@ impl Server {
                 };
                 if let Err(e) = audit.append_all(&batch) {
                     let kinds: Vec<&str> = batch.iter().map(event_kind).collect();
-                    tracing::error!(records = ?kinds, error = %crate::cli::chain(&e), "audit records not written");
+                    tracing::error!(records = %kinds.join(" "), error = %crate::cli::chain(&e), "audit records not written");
                 }
             }
         });

@@ -946,3 +946,52 @@ fn run_through_the_daemon_has_the_same_output_and_exit_codes() {
     assert!(o.status.success());
     let _ = d.pid();
 }
+
+/// Logs (issue 22 item 6): no colour codes when stderr is not a terminal (journald, files),
+/// and `[log] json = true` writes fields as JSON values — a number for `code`, a plain string
+/// for `argv` — not Rust `Debug` text (`Some(Number(0))`, `["/bin/true"]`).
+#[test]
+fn logs_are_plain_off_a_terminal_and_json_fields_are_json_values() {
+    let wait_for = |d: &Daemon, what: &str| -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = d.log();
+            if log.contains(what) {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "no {what:?} in the log:\n{log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let d = Daemon::start("");
+    let (_, token) = d.session();
+    let (status, _) = d.exec(&token, json!({"argv": ["/bin/true"]}));
+    assert_eq!(status, 200);
+    let log = wait_for(&d, "job ended");
+    assert!(!log.contains('\x1b'), "colour codes in a log file:\n{log}");
+
+    let d = Daemon::start("[log]\njson = true\n");
+    let (_, token) = d.session();
+    let (status, _) = d.exec(&token, json!({"argv": ["/bin/echo", "two words"]}));
+    assert_eq!(status, 200);
+    let log = wait_for(&d, "job ended");
+    assert!(!log.contains('\x1b'), "colour codes in a log file:\n{log}");
+    let line = |msg: &str| -> Value {
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["fields"]["message"] == msg)
+            .unwrap_or_else(|| panic!("no {msg:?} line in:\n{log}"))
+    };
+    let ended = line("job ended");
+    assert_eq!(ended["fields"]["code"], json!(0), "{ended}");
+    assert_eq!(ended["fields"]["reason"], json!("exited"), "{ended}");
+    let started = line("job started");
+    assert_eq!(
+        started["fields"]["argv"],
+        json!("/bin/echo 'two words'"),
+        "{started}"
+    );
+    let created = line("session created");
+    assert!(created["fields"]["pid"].is_number(), "{created}");
+    assert!(created["fields"].get("spawned_by").is_none(), "{created}");
+}

@@ -513,7 +513,7 @@ pub fn after(ws: &Path, p: &Protection, stamp: &str) -> ProtectionReport {
         });
     }
     for f in &findings {
-        tracing::info!(path = %f.path, kind = ?f.kind, change = ?f.change, action = ?f.action, quarantined_as = ?f.quarantined_as, "protect: {}", f.detail);
+        tracing::info!(path = %f.path, kind = ?f.kind, change = ?f.change, action = ?f.action, quarantined_as = f.quarantined_as.as_deref(), "protect: {}", f.detail);
     }
     for f in &mut findings {
         if f.detail.len() > 2 * MAX_SHOWN_PATH {

@@ -111,7 +111,7 @@ pub(super) async fn pend(
         JobState::PendingApproval,
         None,
     ));
-    tracing::info!(job = %job.job_id, session = %job.session, approval = %approval_id, rule = ?decision.rule, "waiting for an operator's approval");
+    tracing::info!(job = %job.job_id, session = %job.session, approval = %approval_id, rule = decision.rule.as_deref(), "waiting for an operator's approval");
     let _ = tx.try_send(accepted);
     let _ = tx.try_send(ndjson(serde_json::json!({
         "event": "pending_approval", "job": job.job_id, "approval_id": approval_id,

@@ -169,7 +169,7 @@ pub(super) async fn launch(
         return Ok(());
     }
     Metrics::inc(&srv.metrics.jobs_started);
-    tracing::info!(job = %job_id, session = %caller, argv = ?argv, "job started");
+    tracing::info!(job = %job_id, session = %caller, argv = %crate::cli::approvals::shell_words(&argv), "job started");
     if let Some(a) = accepted {
         let _ = tx.try_send(a);
     }

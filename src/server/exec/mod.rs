@@ -288,7 +288,7 @@ pub(super) async fn exec(
                 let keep = srv.config.limits.finished_jobs_kept;
                 st.finish(&job.job_id, JobState::Refused, exit.clone(), keep);
             }
-            tracing::info!(job = %job.job_id, session = %job.session, rule = ?decision.rule, "job refused by policy");
+            tracing::info!(job = %job.job_id, session = %job.session, rule = decision.rule.as_deref(), "job refused by policy");
             let _ = tx.try_send(accepted);
             let _ = tx.try_send(ndjson(exit));
             return Ok(stream_response(rx));

@@ -164,7 +164,7 @@ impl Relay {
         }
         let guard = std::mem::replace(&mut self.guard, OutputGuard::new(Default::default(), None));
         guard.finish(&mut exit);
-        tracing::info!(job = %self.job, code = ?exit.get("code"), reason = ?exit.get("reason"), elapsed_ms = started.elapsed().as_millis() as u64, "job ended");
+        tracing::info!(job = %self.job, code = exit.get("code").and_then(serde_json::Value::as_i64), reason = exit.get("reason").and_then(serde_json::Value::as_str), elapsed_ms = started.elapsed().as_millis() as u64, "job ended");
         // On the record before the client hears of the end (the job already ran: a failed
         // write is logged, there is nothing left to refuse).
         let mut usage = exit.get("usage").cloned().unwrap_or_default();

@@ -363,7 +363,7 @@ fn alert(srv: &Arc<Server>, peer: Peer, gone: &[Outstanding]) {
         ids,
         profiles
     );
-    tracing::error!(codes = ?ids, uid = peer.uid, "pairing code guessing: every outstanding code invalidated");
+    tracing::error!(codes = %ids.join(" "), uid = peer.uid, "pairing code guessing: every outstanding code invalidated");
     srv.record_detached(Event::Alert {
         kind: "pairing_guessing".into(),
         detail,
