@@ -85,6 +85,9 @@ pub struct SandboxProfile {
     pub env_passthrough: Vec<String>,
     /// Layers the operator explicitly allows to be missing. Empty by default: fail closed.
     pub allow_degraded: Vec<Degradation>,
+    /// Second layers ([`Degradation::is_second_layer`]) this profile demands: without them its
+    /// jobs fail closed instead of running degraded. Empty by default.
+    pub require: Vec<Degradation>,
     /// How deep the walk for git directories goes below the workspace (`sandbox::protect`).
     pub protect_scan_depth: usize,
     /// How many directory entries that walk reads at most (before and again after each job).
@@ -121,7 +124,50 @@ pub enum Degradation {
     LandlockScope,
 }
 
+impl SandboxProfile {
+    /// Whether a job of this profile may run without `d`: the operator allowed it by name, or
+    /// it is a second layer the profile does not require.
+    pub fn may_run_without(&self, d: Degradation) -> bool {
+        self.allow_degraded.contains(&d) || (d.is_second_layer() && !self.require.contains(&d))
+    }
+
+    /// Every layer a job of this profile may run without.
+    pub fn degradable(&self) -> Vec<Degradation> {
+        Degradation::ALL
+            .into_iter()
+            .filter(|d| self.may_run_without(*d))
+            .collect()
+    }
+}
+
 impl Degradation {
+    pub const ALL: [Degradation; 4] = [
+        Degradation::Cgroup,
+        Degradation::Landlock,
+        Degradation::LandlockNet,
+        Degradation::LandlockScope,
+    ];
+
+    /// A second layer behind a first one that holds for every job, so that a job runs without
+    /// it by default (reported) when the kernel lacks it; `sandbox.require` demands it. The
+    /// others are the only fence for what they guard and fail closed unless
+    /// `sandbox.allow_degraded` names them. The table is in `docs/security.md`.
+    pub fn is_second_layer(self) -> bool {
+        match self {
+            // Every job has its own pid namespace (no process outside it can be signalled) and
+            // its own network namespace (abstract Unix sockets are per network namespace).
+            Degradation::LandlockScope => true,
+            // Never used: the job's network namespace is the network fence.
+            Degradation::LandlockNet => true,
+            // The only limit on memory, pids and cpu.
+            Degradation::Cgroup => false,
+            // The mount view is the first filesystem layer, but landlock is what still holds
+            // if a mount is ever wrong (e.g. a bind that exposes more than meant): not degraded
+            // silently.
+            Degradation::Landlock => false,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Degradation::Cgroup => "cgroup",
@@ -237,6 +283,8 @@ struct RawSandbox {
     env: Vec<String>,
     #[serde(default)]
     allow_degraded: Vec<Degradation>,
+    #[serde(default)]
+    require: Vec<Degradation>,
     #[serde(default = "default_protect_scan_depth")]
     protect_scan_depth: usize,
     #[serde(default = "default_protect_scan_entries")]
@@ -254,6 +302,7 @@ impl Default for RawSandbox {
             seccomp: default_seccomp(),
             env: Vec::new(),
             allow_degraded: Vec::new(),
+            require: Vec::new(),
             protect_scan_depth: default_protect_scan_depth(),
             protect_scan_entries: default_protect_scan_entries(),
         }
@@ -426,6 +475,22 @@ impl Profile {
                 ),
             ));
         }
+        for d in &s.require {
+            if s.allow_degraded.contains(d) {
+                return Err(invalid(
+                    "sandbox.require",
+                    format!("{:?} is also in sandbox.allow_degraded", d.name()),
+                    "keep it in one of the two lists",
+                ));
+            }
+            if *d == Degradation::LandlockNet {
+                return Err(invalid(
+                    "sandbox.require",
+                    "\"landlock-net\": landlock TCP rules are not used (the job's network namespace is the network fence, docs/network.md)".into(),
+                    "remove \"landlock-net\" from sandbox.require",
+                ));
+            }
+        }
         let egress = match (s.network, raw.network) {
             (NetworkMode::None, None) => None,
             (NetworkMode::None, Some(_)) => {
@@ -457,6 +522,7 @@ impl Profile {
             seccomp: s.seccomp,
             env_passthrough: s.env,
             allow_degraded: s.allow_degraded,
+            require: s.require,
             protect_scan_depth: s.protect_scan_depth,
             protect_scan_entries: s.protect_scan_entries,
             workspace_read_only: false,
@@ -668,6 +734,40 @@ mod tests {
     fn embedded_default_examples_all_pass() {
         // The runtime skips this check for the embedded text (see embedded_default).
         Profile::parse(EMBEDDED_DEFAULT, EMBEDDED_DEFAULT_NAME).unwrap();
+    }
+
+    #[test]
+    fn second_layers_degrade_by_default_and_only_fences_fail_closed() {
+        let p = Profile::embedded_default().unwrap().sandbox;
+        // Behind the job's own pid and network namespaces: runs without, reported.
+        assert!(p.may_run_without(Degradation::LandlockScope));
+        // The only fence for what they guard: never without the operator's word.
+        assert!(!p.may_run_without(Degradation::Cgroup));
+        assert!(!p.may_run_without(Degradation::Landlock));
+        let text = format!("{MINIMAL}[sandbox]\nrequire = [\"landlock-scope\"]\n");
+        let strict = Profile::parse(&text, "t.toml").unwrap().sandbox;
+        assert!(!strict.may_run_without(Degradation::LandlockScope));
+        assert_eq!(strict.degradable(), vec![Degradation::LandlockNet]);
+        let text = format!("{MINIMAL}[sandbox]\nallow_degraded = [\"cgroup\"]\n");
+        let lenient = Profile::parse(&text, "t.toml").unwrap().sandbox;
+        assert!(lenient.may_run_without(Degradation::Cgroup));
+    }
+
+    #[test]
+    fn require_rejects_contradictions_and_unused_layers() {
+        let both = format!(
+            "{MINIMAL}[sandbox]\nrequire = [\"landlock-scope\"]\nallow_degraded = [\"landlock-scope\"]\n"
+        );
+        let e = Profile::parse(&both, "t.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("sandbox.require") && e.contains("one of the two"),
+            "{e}"
+        );
+        let net = format!("{MINIMAL}[sandbox]\nrequire = [\"landlock-net\"]\n");
+        let e = Profile::parse(&net, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("not used"), "{e}");
+        let typo = format!("{MINIMAL}[sandbox]\nrequire = [\"landlock-scop\"]\n");
+        assert!(Profile::parse(&typo, "t.toml").is_err());
     }
 
     #[test]

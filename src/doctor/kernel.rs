@@ -25,11 +25,11 @@ pub fn checks(cx: &Context) -> Vec<Check> {
         Some(c) => c
             .profiles
             .iter()
-            .map(|(n, p)| (n.clone(), p.sandbox.allow_degraded.clone()))
+            .map(|(n, p)| (n.clone(), p.sandbox.degradable()))
             .collect(),
         // Without a config, `execbox run` uses the embedded default profile.
         None => Profile::embedded_default()
-            .map(|p| vec![("default".to_string(), p.sandbox.allow_degraded)])
+            .map(|p| vec![("default".to_string(), p.sandbox.degradable())])
             .unwrap_or_default(),
     };
     vec![
@@ -444,8 +444,11 @@ pub fn landlock_missing(abi: Result<u32, Errno>) -> Vec<Degradation> {
     }
 }
 
-/// ABI ≥ 6 is complete. Below, the jobs of every profile that does not allow the missing
-/// layers fail closed (exit 126): a failure if any profile is in that case, else a warning.
+/// ABI ≥ 6 is complete. Below, the jobs of every profile that may not run without the missing
+/// layers fail closed (exit 126): a failure if any profile is in that case, else a warning
+/// naming the degradation its jobs report. `profiles` pairs each name with what it may run
+/// without ([`crate::profile::SandboxProfile::degradable`]: second layers unless required,
+/// and what `allow_degraded` names).
 pub fn landlock_check(abi: Result<u32, Errno>, profiles: &[(String, Vec<Degradation>)]) -> Check {
     const ID: &str = "kernel.landlock";
     const TITLE: &str = "landlock ABI ≥ 6";
@@ -462,7 +465,10 @@ pub fn landlock_check(abi: Result<u32, Errno>, profiles: &[(String, Vec<Degradat
     let names: Vec<&str> = missing.iter().map(|d| d.name()).collect();
     let what = match missing[0] {
         Degradation::Landlock => "no landlock at all",
-        _ => "no signal/abstract-socket scoping (ABI 6)",
+        _ => {
+            "no signal/abstract-socket scoping (ABI 6); a second layer behind the job's pid and \
+             network namespaces"
+        }
     };
     let strict: Vec<&str> = profiles
         .iter()
@@ -470,20 +476,29 @@ pub fn landlock_check(abi: Result<u32, Errno>, profiles: &[(String, Vec<Degradat
         .map(|(n, _)| n.as_str())
         .collect();
     let evidence = format!("{shown}: {what}; degradation names: {}", names.join(", "));
-    let fix = format!(
-        "use Linux ≥ 6.12 with landlock enabled (lsm=…,landlock on the kernel command line), or accept the weaker \
-         sandbox in a profile: [sandbox] allow_degraded = [{}]",
-        names
-            .iter()
-            .map(|n| format!("{n:?}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let quoted = names
+        .iter()
+        .map(|n| format!("{n:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let fix = if missing.iter().all(|d| d.is_second_layer()) {
+        format!(
+            "use Linux ≥ 6.12 with landlock enabled (lsm=…,landlock on the kernel command line), or \
+             remove {quoted} from [sandbox] require in the profile(s) that list it"
+        )
+    } else {
+        format!(
+            "use Linux ≥ 6.12 with landlock enabled (lsm=…,landlock on the kernel command line), or \
+             accept the weaker sandbox in a profile: [sandbox] allow_degraded = [{quoted}]"
+        )
+    };
     if strict.is_empty() {
         Check::warn(
             ID,
             TITLE,
-            format!("{evidence} (every profile allows them)"),
+            format!(
+                "{evidence} (every profile runs without them; each job reports them as degraded)"
+            ),
             fix,
         )
     } else {
@@ -638,6 +653,29 @@ mod tests {
         assert_eq!(c.status, Status::Fail);
         assert!(c.evidence.contains("disabled at boot"));
         assert!(c.fix.unwrap().contains("\"landlock\""));
+    }
+
+    #[test]
+    fn the_embedded_default_runs_without_scoping_and_a_require_fails_again() {
+        let mut p = Profile::embedded_default().unwrap().sandbox;
+        let c = landlock_check(Ok(2), &[("default".into(), p.degradable())]);
+        assert_eq!(c.status, Status::Warn, "{}", c.evidence);
+        assert!(
+            c.evidence.contains("reports them as degraded"),
+            "{}",
+            c.evidence
+        );
+        p.require = vec![Degradation::LandlockScope];
+        let c = landlock_check(Ok(2), &[("strict".into(), p.degradable())]);
+        assert_eq!(c.status, Status::Fail, "{}", c.evidence);
+        assert!(c.fix.unwrap().contains("require"));
+        // No landlock at all is not a second layer: the default fails closed.
+        let p = Profile::embedded_default().unwrap().sandbox;
+        let c = landlock_check(
+            Err(Errno(libc::ENOSYS)),
+            &[("default".into(), p.degradable())],
+        );
+        assert_eq!(c.status, Status::Fail, "{}", c.evidence);
     }
 
     #[test]

@@ -170,6 +170,24 @@ mod tests {
     }
 
     #[test]
+    fn the_default_profile_runs_on_debian_12_and_a_require_refuses() {
+        // Debian 12's 6.1 has ABI 2, Ubuntu 22.04's 5.15 and RHEL 9's 5.14 have ABI 1.
+        let mut p = crate::profile::Profile::embedded_default().unwrap().sandbox;
+        for abi in [1, 2, 5] {
+            let mut d = vec![];
+            let plan = plan(abi, &[], &p.degradable(), &mut d).unwrap();
+            assert_eq!(plan.scoped, 0);
+            assert_eq!(d, vec![Degradation::LandlockScope], "reported at ABI {abi}");
+        }
+        let mut d = vec![];
+        plan(6, &[], &p.degradable(), &mut d).unwrap();
+        assert!(d.is_empty());
+        p.require = vec![Degradation::LandlockScope];
+        let e = plan(2, &[], &p.degradable(), &mut vec![]).unwrap_err();
+        assert!(e.to_string().contains("sandbox.require"), "{e}");
+    }
+
+    #[test]
     fn device_creation_is_never_granted() {
         for a in [
             Access::READ_WRITE_DIR,

@@ -126,7 +126,11 @@ pub enum SetupError {
     },
     #[error("{0}")]
     Prepare(String),
-    #[error("{layer} unavailable: {detail}; fix: upgrade the kernel or allow the degradation with sandbox.allow_degraded = [\"{}\"]", degradation.name())]
+    #[error("{layer} unavailable: {detail}; fix: upgrade the kernel or {}", if degradation.is_second_layer() {
+        format!("remove \"{}\" from sandbox.require (a second layer, see docs/security.md)", degradation.name())
+    } else {
+        format!("allow the degradation with sandbox.allow_degraded = [\"{}\"]", degradation.name())
+    })]
     Unsupported {
         layer: &'static str,
         detail: String,

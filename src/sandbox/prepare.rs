@@ -429,7 +429,7 @@ pub fn build(
         Some(abi) => Some(landlock::plan(
             abi,
             &ll_rules,
-            &spec.sandbox.allow_degraded,
+            &spec.sandbox.degradable(),
             degraded,
         )?),
         None => None,

@@ -41,7 +41,7 @@ pub fn run(
 ) -> Result<Outcome, SetupError> {
     let started = Instant::now();
     let mut degraded = Vec::new();
-    let allowed = spec.sandbox.allow_degraded.clone();
+    let allowed = spec.sandbox.degradable();
 
     let ws_meta = prepare::check_workspace(&spec.workspace)?;
     let (euid, egid) = prepare::current_ids();

@@ -319,6 +319,8 @@ pub struct Metrics {
     pub pairing_redeemed: AtomicU64,
     pub pairing_failures: AtomicU64,
     pub pairing_alerts: AtomicU64,
+    /// Jobs that ran without a layer, by [`crate::profile::Degradation::ALL`] index.
+    pub degraded: [AtomicU64; 4],
     /// From a job's `started` to its end.
     pub job_duration: super::histogram::Histogram,
     /// From the exec request's arrival to the job's `started`, [without, with] a wait for an
@@ -333,6 +335,15 @@ pub struct Metrics {
 impl Metrics {
     pub fn inc(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one job's reported degradations (their names, as in the exit report).
+    pub fn count_degraded(&self, names: &[String]) {
+        for (d, c) in crate::profile::Degradation::ALL.iter().zip(&self.degraded) {
+            if names.iter().any(|n| n == d.name()) {
+                Self::inc(c);
+            }
+        }
     }
 
     pub fn render(&self, active_jobs: usize, sessions: usize) -> String {
@@ -459,6 +470,17 @@ impl Metrics {
         );
         counter("sessions", "Live sessions.", sessions as u64, "gauge");
         out.push_str(
+            "# HELP execbox_jobs_degraded_total Jobs that ran without a layer the kernel or host lacks (docs/security.md, \"Degradations\").\n\
+             # TYPE execbox_jobs_degraded_total counter\n",
+        );
+        for (d, c) in crate::profile::Degradation::ALL.iter().zip(&self.degraded) {
+            out.push_str(&format!(
+                "execbox_jobs_degraded_total{{layer=\"{}\"}} {}\n",
+                d.name(),
+                g(c)
+            ));
+        }
+        out.push_str(
             "# HELP execbox_job_duration_seconds Jobs from their start in the sandbox to their end.\n\
              # TYPE execbox_job_duration_seconds histogram\n",
         );
@@ -578,5 +600,22 @@ mod tests {
         assert!(!s.jobs.contains_key("j2") && !s.finished.contains_key("a"));
         assert_eq!(s.running, 0);
         assert!(s.job_for("b", "j3").is_some());
+    }
+}
+
+#[cfg(test)]
+mod degraded_metrics {
+    use super::*;
+
+    #[test]
+    fn degraded_jobs_are_counted_by_layer() {
+        let m = Metrics::default();
+        m.count_degraded(&["landlock-scope".to_string()]);
+        m.count_degraded(&["landlock-scope".to_string(), "cgroup".to_string()]);
+        m.count_degraded(&[]);
+        let text = m.render(0, 0);
+        assert!(text.contains("execbox_jobs_degraded_total{layer=\"landlock-scope\"} 2\n"));
+        assert!(text.contains("execbox_jobs_degraded_total{layer=\"cgroup\"} 1\n"));
+        assert!(text.contains("execbox_jobs_degraded_total{layer=\"landlock\"} 0\n"));
     }
 }

@@ -257,9 +257,11 @@ pub(super) async fn exec(
         detach,
         envelope: body.envelope,
         requested_env: requested_names,
+        // What the job may run without: named by the profile, and the second layers it does
+        // not require (`docs/security.md`, "Degradations on older kernels").
         allow_degraded: profile
             .sandbox
-            .allow_degraded
+            .degradable()
             .iter()
             .map(|d| d.name().to_string())
             .collect(),

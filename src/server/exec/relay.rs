@@ -126,6 +126,7 @@ impl Relay {
         let mut exit = match result {
             Some(SupervisorEvent::Finished(w)) => {
                 Metrics::inc(&self.srv.metrics.jobs_finished);
+                self.srv.metrics.count_degraded(&w.degraded);
                 if let Some(net) = &w.network {
                     self.network_events(&mut client_gone, net).await;
                 }
