@@ -569,7 +569,11 @@ fn the_profile_keys_are_validated_when_the_daemon_starts() {
     let profile = std::fs::read_to_string(fixture("artifacts.toml"))
         .unwrap()
         .replace("dir = \"out\"", "dir = \"../out\"");
-    std::fs::write(dir.path().join("bad.toml"), profile).unwrap();
+    // The profiles get their own directory: the config beside them would be read as a profile,
+    // and which error came first would depend on read_dir order.
+    let profiles = dir.path().join("profiles");
+    std::fs::create_dir(&profiles).unwrap();
+    std::fs::write(profiles.join("bad.toml"), profile).unwrap();
     let err = serve_refuses(&write_config(dir.path()));
     assert!(
         err.contains("artifacts.dir") && err.contains("fix:"),
@@ -583,7 +587,7 @@ fn write_config(dir: &Path) -> PathBuf {
         &cfg,
         format!(
             "[allow]\nuids = [{}]\n[sockets]\nagent = \"{d}/a.sock\"\noperator = \"{d}/o.sock\"\n\
-             [paths]\nstate_dir = \"{d}/state\"\nprofiles_dir = \"{d}\"\ndefault_profile = \"bad\"\n",
+             [paths]\nstate_dir = \"{d}/state\"\nprofiles_dir = \"{d}/profiles\"\ndefault_profile = \"bad\"\n",
             my_uid(),
             d = dir.display()
         ),

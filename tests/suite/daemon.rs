@@ -102,15 +102,19 @@ impl Daemon {
             .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
             .spawn()
             .unwrap();
-        let d = Daemon {
+        let mut d = Daemon {
             dir,
             child: Some(child),
         };
         // Generous: the daemon's start checks create namespaces in probe children, and while a
         // concurrent test (the thousand-job load test) tears down its network namespaces the
         // kernel's rtnl/pernet locks make that take seconds (seen in CI's unprivileged pass).
+        // A daemon that already exited will never listen: that is said at once, with its log.
         let deadline = Instant::now() + Duration::from_secs(60);
         while UnixStream::connect(d.agent()).is_err() {
+            if let Some(status) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("daemon exited ({status}) before listening: {}", d.log());
+            }
             assert!(
                 Instant::now() < deadline,
                 "daemon did not start: {}",
@@ -299,6 +303,18 @@ pub(super) fn curl(args: &[&str]) -> std::process::Output {
 }
 
 // ---- end to end --------------------------------------------------------------------------------
+
+#[test]
+fn the_harness_says_at_once_when_the_daemon_exits_before_listening() {
+    // An unknown key: the daemon refuses its config and exits; the harness must not wait out
+    // its 60 s start budget.
+    let t = Instant::now();
+    let e =
+        std::panic::catch_unwind(|| Daemon::start("[no_such_table]\nx = 1\n").pid()).unwrap_err();
+    let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("daemon exited"), "{msg}");
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+}
 
 #[test]
 fn curl_end_to_end_session_exec_stream_exit() {
