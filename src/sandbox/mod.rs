@@ -180,6 +180,7 @@ impl SetupError {
         match self {
             SetupError::Step { errno, .. } | SetupError::NotFound { errno, .. } => Some(*errno),
             SetupError::Io { source, .. } => source.raw_os_error(),
+            SetupError::Cgroup(c) => c.errno(),
             _ => None,
         }
     }

@@ -110,7 +110,7 @@ pub enum CgroupError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot attach pid {pid} via {file}")]
+    #[error("cannot attach pid {pid} via {file}: {source}")]
     Attach {
         file: PathBuf,
         pid: i32,
@@ -150,6 +150,20 @@ pub enum CgroupError {
         #[source]
         source: io::Error,
     },
+}
+
+impl CgroupError {
+    /// The errno of the failed call, when one failed (shown as `errno` in setup-failure reports).
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            CgroupError::Attach { source, .. }
+            | CgroupError::MoveSupervisor { source, .. }
+            | CgroupError::EnableController { source, .. }
+            | CgroupError::CreateDir { source, .. }
+            | CgroupError::WriteLimit { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
 }
 
 /// The detected cgroup layout of this host.
@@ -669,6 +683,19 @@ fn parse_proc_cgroup(text: &str) -> Vec<OwnCgroup> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_attach_keeps_its_errno() {
+        let e = CgroupError::Attach {
+            file: "/sys/fs/cgroup/x/cgroup.procs".into(),
+            pid: 7,
+            source: io::Error::from_raw_os_error(libc::EACCES),
+        };
+        assert!(e.to_string().contains("os error 13"), "{e}");
+        let s = crate::sandbox::SetupError::Cgroup(e);
+        assert_eq!(s.errno(), Some(libc::EACCES));
+        assert!(s.to_string().contains("os error 13"), "{s}");
+    }
 
     /// This machine's layout: v1 controllers, cgroup2 at `unified` without memory/pids.
     pub(super) const HYBRID_MOUNTINFO: &str = "\
