@@ -587,26 +587,7 @@ mod tests {
             // code issued by an operator.
             let (st, _) = create(&srv, 4343, None).await;
             assert_eq!(st, StatusCode::CREATED);
-            let issued = exchange(
-                srv.clone(),
-                Socket::Operator,
-                peer(0),
-                &request("POST", "/v1/pairing", None, Some(r#"{"label": "agent c"}"#)),
-            )
-            .await;
-            let code = json(&issued)["code"].as_str().unwrap().to_string();
-            let redeemed = exchange(
-                srv.clone(),
-                Socket::Agent,
-                peer(4444),
-                &request(
-                    "POST",
-                    "/v1/sessions",
-                    None,
-                    Some(&format!(r#"{{"pairing_code": "{code}"}}"#)),
-                ),
-            )
-            .await;
+            let redeemed = paired(&srv, "agent c", 4444).await;
             assert_eq!(
                 redeemed.statuses,
                 [StatusCode::CREATED],
@@ -642,6 +623,31 @@ mod tests {
         );
     }
 
+    /// An operator issues a pairing code labelled `label`; `uid` redeems it for a root session.
+    async fn paired(srv: &Arc<Server>, label: &str, uid: u32) -> Exchange {
+        let body = serde_json::json!({ "label": label }).to_string();
+        let issued = exchange(
+            srv.clone(),
+            Socket::Operator,
+            peer(0),
+            &request("POST", "/v1/pairing", None, Some(&body)),
+        )
+        .await;
+        let code = json(&issued)["code"].as_str().unwrap().to_string();
+        exchange(
+            srv.clone(),
+            Socket::Agent,
+            peer(uid),
+            &request(
+                "POST",
+                "/v1/sessions",
+                None,
+                Some(&format!(r#"{{"pairing_code": "{code}"}}"#)),
+            ),
+        )
+        .await
+    }
+
     fn audit_has(dir: &Path, kind: &str, pred: impl Fn(&Value) -> bool) -> Option<Value> {
         // Written after the fact by a background writer: give it a moment.
         for _ in 0..200 {
@@ -665,26 +671,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let srv = server(dir.path(), "");
         rt().block_on(async {
-            let issued = exchange(
-                srv.clone(),
-                Socket::Operator,
-                peer(0),
-                &request("POST", "/v1/pairing", None, Some(r#"{"label": "ci-bot"}"#)),
-            )
-            .await;
-            let code = json(&issued)["code"].as_str().unwrap().to_string();
-            let r = exchange(
-                srv.clone(),
-                Socket::Agent,
-                peer(4242),
-                &request(
-                    "POST",
-                    "/v1/sessions",
-                    None,
-                    Some(&format!(r#"{{"pairing_code": "{code}"}}"#)),
-                ),
-            )
-            .await;
+            let r = paired(&srv, "ci-bot", 4242).await;
             let root = json(&r);
             let (_, child) = create(&srv, 4242, Some(&token(&root))).await;
             let (_, other) = create(&srv, 4343, None).await;

@@ -170,8 +170,12 @@ fn event_kind(e: &Event) -> &'static str {
 mod tests {
     use super::*;
 
-    #[test]
-    fn detached_records_land_in_the_order_they_were_made() {
+    /// A daemon without sockets whose audit log is in a fresh directory, and a runtime for it.
+    fn setup() -> (
+        tempfile::TempDir,
+        crate::server::Server,
+        tokio::runtime::Runtime,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let toml = format!(
             "[allow]\nuids = [4242]\n[paths]\nstate_dir = \"{d}\"\nworkspace_root = \"{d}/ws\"\n\
@@ -184,6 +188,12 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
+        (dir, srv, rt)
+    }
+
+    #[test]
+    fn detached_records_land_in_the_order_they_were_made() {
+        let (dir, srv, rt) = setup();
         const N: u32 = 300;
         rt.block_on(async {
             for i in 1..=N {
@@ -220,18 +230,7 @@ mod tests {
     /// appended next is the last line.
     #[test]
     fn flush_detached_waits_until_the_queue_is_written() {
-        let dir = tempfile::tempdir().unwrap();
-        let toml = format!(
-            "[allow]\nuids = [4242]\n[paths]\nstate_dir = \"{d}\"\nworkspace_root = \"{d}/ws\"\n\
-             [audit]\npath = \"{d}/audit/audit.jsonl\"\n",
-            d = dir.path().display()
-        );
-        let srv = crate::server::inproc::disconnected_server(&toml, "record-test.toml").unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let (dir, srv, rt) = setup();
         let path = dir.path().join("audit/audit.jsonl");
         let failed = || {
             crate::audit::tail::records_since(&path, 0)
